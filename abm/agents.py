@@ -1,0 +1,96 @@
+"""Structure-of-arrays agent tables.
+
+Each cell type declares its columns (name -> :class:`Column` with dtype, shape, unit) and keeps its agents in an
+:class:`AgentTable`: one backend array per column, all of equal length. Births append rows; deaths compact
+them with a boolean mask. No Python loop ever runs over agents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["AgentTable", "Column"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """Schema of one agent column.
+
+    Attributes
+    ----------
+    dtype : str
+        NumPy dtype name.
+    unit : str
+        Physical unit, or ``"-"`` for dimensionless and ``"flag"`` for booleans.
+    description : str
+        What the column holds.
+    """
+
+    dtype: str
+    unit: str
+    description: str
+
+
+class AgentTable:
+    """Agents of one type as columns of equal length on the backend.
+
+    Parameters
+    ----------
+    xp : module
+        ``numpy`` or ``cupy``.
+    schema : dict of str to Column
+        The columns this type has.
+    """
+
+    def __init__(self, xp, schema: dict[str, Column]):
+        self.xp = xp
+        self.schema = dict(schema)
+        self.columns = {name: xp.zeros(0, dtype=col.dtype) for name, col in self.schema.items()}
+
+    def __len__(self) -> int:
+        return int(next(iter(self.columns.values())).shape[0])
+
+    def __getitem__(self, name: str):
+        return self.columns[name]
+
+    def __setitem__(self, name: str, values) -> None:
+        if name not in self.schema:
+            raise KeyError(f"no column '{name}' in this agent table (columns: {', '.join(self.schema)})")
+        if values.shape[0] != len(self):
+            raise ValueError(f"column '{name}' given {values.shape[0]} rows, the table has {len(self)}")
+        self.columns[name] = values.astype(self.schema[name].dtype, copy=False)
+
+    def append(self, **values) -> None:
+        """Append rows; every column must be given, with equal lengths."""
+        missing = set(self.schema) - set(values)
+        if missing:
+            raise ValueError(f"append is missing column(s) {', '.join(sorted(missing))}")
+        lengths = {int(v.shape[0]) for v in values.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"append got columns of different lengths {sorted(lengths)}")
+        xp = self.xp
+        for name, col in self.schema.items():
+            self.columns[name] = xp.concatenate([self.columns[name], xp.asarray(values[name], dtype=col.dtype)])
+
+    def take(self, index) -> dict:
+        """Column values at ``index`` (an integer or boolean array), as a dict of new arrays."""
+        return {name: arr[index] for name, arr in self.columns.items()}
+
+    def keep(self, mask) -> None:
+        """Keep only the rows where ``mask`` is true (removes the others, preserving order)."""
+        for name in self.columns:
+            self.columns[name] = self.columns[name][mask]
+
+    def to_host(self, to_host) -> dict[str, np.ndarray]:
+        """All columns as host arrays, using the backend's ``to_host``."""
+        return {name: to_host(arr) for name, arr in self.columns.items()}
+
+    def load(self, columns: dict[str, np.ndarray]) -> None:
+        """Replace the table's contents with host columns (for a restart); every column must be present."""
+        missing = set(self.schema) - set(columns)
+        if missing:
+            raise ValueError(f"snapshot lacks column(s) {', '.join(sorted(missing))}")
+        for name, col in self.schema.items():
+            self.columns[name] = self.xp.asarray(columns[name], dtype=col.dtype)

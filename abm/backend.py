@@ -1,0 +1,125 @@
+"""The array backend: NumPy or CuPy, and the few operations that differ between them.
+
+Everything backend-specific lives here: choosing and importing the array module, the random stream, and
+host transfers. Model code takes ``backend.xp`` and writes array code once. CuPy is imported only when it is
+asked for (``"cupy"``) or probed (``"auto"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Backend", "BackendError", "StepRandom", "get_backend"]
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used on this machine."""
+
+
+def _cupy_with_device():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendError(f"backend 'cupy' needs CuPy: pip install 'tme-abm[gpu]' ({exc})") from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # the CUDA driver is missing or broken
+        raise BackendError(f"backend 'cupy': CuPy finds no CUDA device ({exc})") from None
+    if n < 1:
+        raise BackendError("backend 'cupy': CuPy finds no CUDA device")
+    return cupy
+
+
+class StepRandom:
+    """The random stream of one simulation step, derived from ``(seed, step)``.
+
+    Deriving every step's stream from the root seed and the step number makes a restart from any snapshot
+    continue bit-identically without storing generator state. ``stream`` separates independent uses (initial
+    condition, the steps) so they never share numbers.
+
+    Parameters
+    ----------
+    xp : module
+        ``numpy`` or ``cupy``.
+    seed : int
+        Root seed of the run.
+    step : int
+        Step number (or another integer key).
+    stream : int
+        Purpose key: 0 for steps, 1 for the initial condition.
+    """
+
+    def __init__(self, xp, seed: int, step: int, stream: int = 0):
+        seq = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(stream), int(step)))
+        if xp is np:
+            self._gen = np.random.Generator(np.random.PCG64(seq))
+        else:
+            # CuPy's generator is seeded from the same root sequence (one 64-bit word of it).
+            self._gen = xp.random.Generator(xp.random.XORWOW(int(seq.generate_state(1, np.uint64)[0])))
+        self.xp = xp
+
+    def random(self, shape, dtype=np.float64):
+        """Uniform numbers in [0, 1) on the backend, of the given shape."""
+        return self._gen.random(shape, dtype=dtype)
+
+    def normal(self, shape, dtype=np.float64):
+        """Standard normal numbers on the backend, of the given shape."""
+        return self._gen.standard_normal(shape, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array backend.
+
+    Attributes
+    ----------
+    name : str
+        ``"numpy"`` or ``"cupy"``.
+    xp : module
+        The array module.
+    """
+
+    name: str
+    xp: Any
+
+    def to_host(self, a) -> np.ndarray:
+        """Copy an array to a NumPy array on the host (no copy for NumPy input)."""
+        if self.xp is np:
+            return np.asarray(a)
+        return self.xp.asnumpy(a)
+
+    def from_host(self, a, dtype=None):
+        """Move a host array onto the backend."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def random(self, seed: int, step: int, stream: int = 0) -> StepRandom:
+        """The random stream for ``(seed, step)``; see :class:`StepRandom`."""
+        return StepRandom(self.xp, seed, step, stream)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on NumPy); call before reading a timer."""
+        if self.xp is not np:
+            self.xp.cuda.get_current_stream().synchronize()
+
+
+def get_backend(name: str) -> Backend:
+    """Return the backend named ``"numpy"``, ``"cupy"`` or ``"auto"`` (CuPy if a CUDA device is found).
+
+    Raises
+    ------
+    BackendError
+        If ``"cupy"`` is asked for and CuPy or a device is missing.
+    """
+    if name == "numpy":
+        return Backend("numpy", np)
+    if name == "cupy":
+        return Backend("cupy", _cupy_with_device())
+    if name == "auto":
+        try:
+            return Backend("cupy", _cupy_with_device())
+        except BackendError:
+            return Backend("numpy", np)
+    raise BackendError(f"unknown backend '{name}', expected numpy, cupy or auto")

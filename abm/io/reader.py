@@ -1,0 +1,102 @@
+"""Opening run files safely: clear errors for missing, truncated, foreign or non-HDF5 files.
+
+Reading uses h5py alone and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from abm import FORMAT_NAME, FORMAT_VERSION
+
+__all__ = ["RunFileError", "load_snapshot_state", "open_h5"]
+
+
+class RunFileError(ValueError):
+    """A run file cannot be used; the message names the file and what is wrong."""
+
+
+def open_h5(path) -> h5py.File:
+    """Open a tme-abm run file read-only, checking that it is one.
+
+    Raises
+    ------
+    RunFileError
+        If the file is missing, is not HDF5 (or is truncated), or is an HDF5 file of another format or a
+        newer format version.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RunFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise RunFileError(f"{path}: is a directory, expected a tme-abm HDF5 run file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        kind = "not an HDF5 file" if not h5py.is_hdf5(path) else "unreadable HDF5 (truncated or damaged)"
+        raise RunFileError(f"{path}: {kind} ({exc})") from None
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt != FORMAT_NAME:
+        f.close()
+        raise RunFileError(f"{path}: an HDF5 file but not a tme-abm run (format attribute {fmt!r})")
+    version = int(f.attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
+        f.close()
+        raise RunFileError(
+            f"{path}: format version {version} is newer than this software reads ({FORMAT_VERSION}); upgrade tme-abm"
+        )
+    return f
+
+
+def snapshot_times(f: h5py.File) -> np.ndarray:
+    """Times (min) of the snapshots in an open run file, in snapshot order."""
+    return np.asarray([f["snapshots"][k].attrs["time_min"] for k in sorted(f["snapshots"])], dtype=np.float64)
+
+
+def load_snapshot_state(path, time_min: float | None = None) -> tuple[str, dict, float]:
+    """Read the snapshot at (or just before) ``time_min`` (default: the last one).
+
+    Returns
+    -------
+    config_toml : str
+        The resolved config of the run.
+    state : dict
+        Snapshot state in the layout of :meth:`abm.model.Simulation.state`.
+    time_min : float
+        The snapshot's time.
+
+    Raises
+    ------
+    RunFileError
+        If the file is unusable, holds no snapshot, or ``time_min`` lies before the first snapshot.
+    """
+    from abm.io.writer import read_snapshot_state
+
+    with open_h5(path) as f:
+        names = sorted(f["snapshots"])
+        if not names:
+            raise RunFileError(f"{path}: holds no snapshot")
+        times = snapshot_times(f)
+        if time_min is None:
+            k = len(names) - 1
+        else:
+            before = np.nonzero(times <= time_min + 1e-9)[0]
+            if before.size == 0:
+                raise RunFileError(
+                    f"{path}: no snapshot at or before t = {time_min} min; snapshots span "
+                    f"{times[0]:g}-{times[-1]:g} min"
+                )
+            k = int(before[-1])
+        try:
+            state = read_snapshot_state(f["snapshots"][names[k]])
+        except (KeyError, OSError) as exc:
+            raise RunFileError(f"{path}: snapshot {names[k]} is incomplete or damaged ({exc})") from None
+        config_toml = f.attrs["config_toml"]
+        if isinstance(config_toml, bytes):
+            config_toml = config_toml.decode()
+        return config_toml, state, float(times[k])

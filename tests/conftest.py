@@ -1,0 +1,44 @@
+"""Shared fixtures: the array backends the suite runs on.
+
+Tests that take the ``xp`` fixture run once on NumPy and once on CuPy; the CuPy run is marked ``gpu`` and skips
+cleanly where CuPy is missing or finds no CUDA device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _cupy_or_skip():
+    try:
+        import cupy
+    except ImportError:
+        pytest.skip("CuPy is not installed")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("CuPy finds no CUDA device")
+    except Exception as exc:  # CUDA driver missing or broken
+        pytest.skip(f"CuPy finds no CUDA device ({exc})")
+    return cupy
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """Array namespace of the backend under test (``numpy`` or ``cupy``)."""
+    if request.param == "numpy":
+        return np
+    return _cupy_or_skip()
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def backend_name(request):
+    """Name of the simulation backend under test, for config-level tests."""
+    if request.param == "cupy":
+        _cupy_or_skip()
+    return request.param
+
+
+def to_host(a):
+    """Return a NumPy copy of a NumPy or CuPy array."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
