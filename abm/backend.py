@@ -57,17 +57,32 @@ class StepRandom:
         if xp is np:
             self._gen = np.random.Generator(np.random.PCG64(seq))
         else:
-            # CuPy's generator is seeded from the same root sequence (one 64-bit word of it).
-            self._gen = xp.random.Generator(xp.random.XORWOW(int(seq.generate_state(1, np.uint64)[0])))
+            # CuPy's cuRAND generator is seeded from the same seed sequence.
+            self._gen = xp.random.Generator(xp.random.XORWOW(seq, size=self._CUPY_CHUNK))
         self.xp = xp
+
+    # cuRAND XORWOW draws at most `size` numbers per call; larger requests are filled chunk by chunk.
+    _CUPY_CHUNK = 1 << 20
+
+    def _draw(self, method: str, shape, dtype):
+        if self.xp is np:
+            return getattr(self._gen, method)(shape, dtype=dtype)
+        n = int(np.prod(shape))
+        if n <= self._CUPY_CHUNK:
+            return getattr(self._gen, method)(shape, dtype=dtype)
+        out = self.xp.empty(n, dtype=dtype)
+        for start in range(0, n, self._CUPY_CHUNK):
+            stop = min(n, start + self._CUPY_CHUNK)
+            out[start:stop] = getattr(self._gen, method)(stop - start, dtype=dtype)
+        return out.reshape(shape)
 
     def random(self, shape, dtype=np.float64):
         """Uniform numbers in [0, 1) on the backend, of the given shape."""
-        return self._gen.random(shape, dtype=dtype)
+        return self._draw("random", shape, dtype)
 
     def normal(self, shape, dtype=np.float64):
         """Standard normal numbers on the backend, of the given shape."""
-        return self._gen.standard_normal(shape, dtype=dtype)
+        return self._draw("standard_normal", shape, dtype)
 
 
 @dataclass(frozen=True)
