@@ -129,8 +129,8 @@ class OxygenConfig(_Section):
     substeps: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=1,
         description="Solver sub-steps per agent step (dimensionless). The LOD splitting error is first order in "
-        "the sub-step: at the defaults the pO2 just outside a 400 µm 2-D nodule is 7.6 mmHg against 10.2 exact "
-        "with 1 sub-step, 8.0 with 2, 8.4 with 3 (docs/MODEL.md).",
+        "the sub-step: at the defaults the pO2 just outside a 400 µm 2-D nodule is 17.3 mmHg against 10.2 exact "
+        "with 1 sub-step, 16.0 with 2, 14.6 with 4 (docs/MODEL.md).",
     )
 
 

@@ -324,7 +324,40 @@ def _sweep_sink(lines, f: AxisFactors, sink, cprime, tmp, inv, xp) -> None:
 def lod_scratch_size(shape) -> int:
     """Number of elements of the scratch buffer :func:`lod_diffuse` needs for a lattice of ``shape``."""
     size = int(np.prod(shape))
-    return 4 * size + 3 * max(size // int(n) for n in shape)
+    return 5 * size + 3 * max(size // int(n) for n in shape)
+
+
+def _axis_solves(field, axes, decay_share, share, src_share, scratch, slabs, xp) -> None:
+    """One LOD step in the given axis order, in place (see :func:`lod_diffuse`)."""
+    size, ndim = field.size, field.ndim
+    for position, f in enumerate(axes):
+        gain = (1.0 + decay_share) ** (len(axes) - 1 - position)
+        lines = xp.moveaxis(field, f.axis, 0)
+        slab_size = size // field.shape[f.axis]
+        slab_shape = lines.shape[1:]
+        tmp = slabs[:slab_size].reshape(slab_shape)
+        inv = slabs[slab_size : 2 * slab_size].reshape(slab_shape)
+        work = lines
+        sink = xp.moveaxis(share, f.axis, 0) if share is not None else None
+        transposed = f.axis == ndim - 1 and ndim > 1
+        if transposed:
+            work = scratch[:size].reshape(lines.shape)
+            xp.copyto(work, lines)
+        _add_dirichlet(work, f, gain, gain)
+        if src_share is not None:
+            work += xp.moveaxis(src_share, f.axis, 0)
+        if sink is None:
+            _sweep_static(work, f, tmp, xp)
+        else:
+            # c'_i is written into the kappa buffer (free once the shares are computed); on the transposed
+            # axis the share is copied there first and c'_i overwrites s_i after s_i has been read.
+            cprime = scratch[size : 2 * size].reshape(lines.shape)
+            if transposed:
+                xp.copyto(cprime, sink)
+                sink = cprime
+            _sweep_sink(work, f, sink, cprime, tmp, inv, xp)
+        if transposed:
+            xp.copyto(lines, work)
 
 
 def lod_diffuse(field, factors: LODFactors, scratch=None, sink_per_min=None, source=None):
@@ -390,34 +423,19 @@ def lod_diffuse(field, factors: LODFactors, scratch=None, sink_per_min=None, sou
         else:
             ratio = decay_share / lam_dt if lam_dt > 1e-12 else 1.0 / ndim
             xp.multiply(source, dt * ratio, out=src_share)
-    slabs = scratch[4 * size :]
-    for f in factors.axes:
-        lines = xp.moveaxis(field, f.axis, 0)
-        slab_size = size // field.shape[f.axis]
-        slab_shape = lines.shape[1:]
-        tmp = slabs[:slab_size].reshape(slab_shape)
-        inv = slabs[slab_size : 2 * slab_size].reshape(slab_shape)
-        work = lines
-        sink = xp.moveaxis(share, f.axis, 0) if share is not None else None
-        transposed = f.axis == ndim - 1 and ndim > 1
-        if transposed:
-            work = scratch[:size].reshape(lines.shape)
-            xp.copyto(work, lines)
-        _add_dirichlet(work, f, f.static_gain, f.static_gain)
-        if src_share is not None:
-            work += xp.moveaxis(src_share, f.axis, 0)
-        if sink is None:
-            _sweep_static(work, f, tmp, xp)
-        else:
-            # c'_i is written into the kappa buffer (free once the shares are computed); on the transposed
-            # axis the share is copied there first and c'_i overwrites s_i after s_i has been read.
-            cprime = scratch[size : 2 * size].reshape(lines.shape)
-            if transposed:
-                xp.copyto(cprime, sink)
-                sink = cprime
-            _sweep_sink(work, f, sink, cprime, tmp, inv, xp)
-        if transposed:
-            xp.copyto(lines, work)
+    slabs = scratch[5 * size :]
+    if sink_per_min is None:
+        _axis_solves(field, factors.axes, decay_share, None, src_share, scratch, slabs, xp)
+        return field
+    # With a per-voxel sink the product splitting favours the axis solved last: the last solve applies its share
+    # of the sink line by line, so the field comes out smooth along that axis and streaky across it. Averaging
+    # the forward and the reversed axis order (Strang-Marchuk symmetrisation) removes the directional bias.
+    other = scratch[4 * size : 5 * size].reshape(field.shape)
+    xp.copyto(other, field)
+    _axis_solves(field, factors.axes, decay_share, share, src_share, scratch, slabs, xp)
+    _axis_solves(other, factors.axes[::-1], decay_share, share, src_share, scratch, slabs, xp)
+    field += other
+    field *= 0.5
     return field
 
 
