@@ -44,6 +44,17 @@ def _plain(value):
     return value
 
 
+def _usable(group) -> bool:
+    """False for a snapshot the writer did not finish (a run killed while writing it)."""
+    try:
+        attrs = group.attrs
+        if "time_min" not in attrs or "step" not in attrs or not bool(attrs.get("complete", True)):
+            return False
+        return all(part in group for part in ("fields", "agents", "state"))
+    except (KeyError, OSError):
+        return False
+
+
 def open_run(path) -> RunFile:
     """Open a run file read-only; use it as a context manager.
 
@@ -84,7 +95,7 @@ class RunFile:
             f = self._f
             if "snapshots" not in f or "grid" not in f:
                 raise RunFileError(f"{self.path}: a tme-abm file without /grid or /snapshots (damaged)")
-            self._names = sorted(f["snapshots"])
+            self._names = [k for k in sorted(f["snapshots"]) if _usable(f["snapshots"][k])]
             self.times = np.asarray([f["snapshots"][k].attrs["time_min"] for k in self._names], dtype=np.float64)
             self.steps = np.asarray([f["snapshots"][k].attrs["step"] for k in self._names], dtype=np.int64)
             self.shape = tuple(int(n) for n in f["grid"].attrs["shape"])

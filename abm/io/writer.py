@@ -120,6 +120,7 @@ class RunWriter:
         st = state["state"]
         g.attrs["time_min"] = float(st["time_min"])
         g.attrs["step"] = int(st["step"])
+        g.attrs["complete"] = False  # set True after the last dataset, so a half-written snapshot is recognised
         comp = {"compression": "gzip", "compression_opts": self.compression} if self.compression else {}
         fields = g.create_group("fields")
         for name, data in state["fields"].items():
@@ -130,6 +131,7 @@ class RunWriter:
             for col, data in columns.items():
                 ag.create_dataset(col, data=data, **(comp if data.size > 1024 else {}))
         _write_state(g.create_group("state"), st, comp)
+        g.attrs["complete"] = True
         self._n_snapshots += 1
         self.flush_timeseries()
         self._file.flush()
