@@ -234,3 +234,17 @@ def test_bad_times_and_layers_exit_2(bad_files, args, needle, tmp_path, capsys):
     if "unsupported" not in needle:
         assert str(bad_files["good"]) in err
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left behind
+
+
+def test_truncated_file_in_a_separate_process_exits_2_without_traceback(bad_files, runs, tmp_path):
+    import subprocess
+    import sys
+
+    if runs["ndim"] == 3:
+        pytest.skip("one process start is enough")
+    path = bad_files["truncated"]
+    for args in (["inspect", str(path)], ["replay", str(path), "--from", "0", "--out", str(tmp_path / "r")]):
+        proc = subprocess.run([sys.executable, "-m", "abm.cli", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"tme: error: {path}") and "Traceback" not in proc.stderr
