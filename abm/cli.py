@@ -111,6 +111,7 @@ def _cmd_replay(args) -> int:
     result = replay_run(args.file, args.from_min, until_min=args.until, overrides=overrides, out_dir=args.out,
                         overwrite=args.overwrite, progress=not args.quiet)
     _print_summary(result)
+    print(f"replayed from {args.file} at the snapshot at or before t = {args.from_min:g} min")
     return 0
 
 

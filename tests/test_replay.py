@@ -248,3 +248,16 @@ def test_truncated_file_in_a_separate_process_exits_2_without_traceback(bad_file
                               timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith(f"tme: error: {path}") and "Traceback" not in proc.stderr
+
+
+def test_replay_is_bit_identical_on_each_backend(backend_name, tmp_path):
+    """The same check through the Python API on NumPy and (where a GPU is found) CuPy."""
+    from abm.replay import replay_run
+
+    extra = [f"backend={backend_name}"]
+    full = run_simulation(small_config(2, 2 * N_STEPS * DT, extra), tmp_path / "full", progress=False)
+    half = run_simulation(small_config(2, N_STEPS * DT, extra), tmp_path / "half", progress=False)
+    cont = replay_run(half.h5_path, N_STEPS * DT, until_min=2 * N_STEPS * DT, progress=False)
+    with open_run(full.h5_path) as a, open_run(cont.h5_path) as b:
+        assert b.attrs["backend"] == a.attrs["backend"] == backend_name
+        assert_states_equal(a.state(2 * N_STEPS * DT), b.state(2 * N_STEPS * DT))
