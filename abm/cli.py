@@ -63,6 +63,99 @@ def _print_summary(result) -> None:
     )
 
 
+def _cmd_inspect(args) -> int:
+    from abm.io import open_run
+
+    with open_run(args.file) as run:
+        info = run.summary()
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    grid = info["grid"]
+    snaps = info["snapshots"]
+    span = info["time_span_min"]
+    print(f"{info['file']}")
+    print(f"  format        {info['format']} v{info['format_version']}, written by tme-abm {info['software_version']}"
+          f" on {info['created_utc']}")
+    print(f"  run           '{info['name']}', backend {info['backend']}, seed {info['seed']}")
+    print(f"  grid          {grid['ndim']}-D {' x '.join(map(str, grid['shape']))} voxels of {grid['spacing_um']:g} µm"
+          f", dt {info['dt_min']} min")
+    if span:
+        print(f"  snapshots     {snaps['count']}, t = {snaps['times_min'][0]:g} .. {snaps['times_min'][-1]:g} min "
+              f"(run reaches {span[1]:g} min = {span[1] / 1440:.2f} d; {info['timeseries_rows']} time-series rows)")
+    else:
+        print("  snapshots     none")
+    print(f"  fields        {', '.join(info['fields']) or 'none'}")
+    for which in ("first", "last"):
+        counts = info["agents"].get(which, {})
+        text = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+        print(f"  agents {which:<6} {text}")
+    therapies = info["therapies"]
+    print(f"  therapies     {', '.join(str(t.get('name', t)) for t in therapies) if therapies else 'none'}")
+    status = "yes" if info["complete"] else "no (the writer did not close the file: killed or still running)"
+    if info["complete"] and info.get("end_reason"):
+        status += f" ({info['end_reason']})"
+    print(f"  complete      {status}")
+    if "parent_file" in info:
+        print(f"  branched from {info['parent_file']} at t = {info['branch_time_min']:g} min, "
+              f"changes {info.get('branch_overrides', '[]')}")
+    return 0
+
+
+def _cmd_replay(args) -> int:
+    from abm.replay import replay_run
+
+    overrides = list(args.set or [])
+    if args.backend is not None:
+        overrides.append(f"backend={json.dumps(args.backend)}")
+    result = replay_run(args.file, args.from_min, until_min=args.until, overrides=overrides, out_dir=args.out,
+                        overwrite=args.overwrite, progress=not args.quiet)
+    _print_summary(result)
+    print(f"replayed from {args.file} at the snapshot at or before t = {args.from_min:g} min")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from pathlib import Path
+
+    from abm.plots import plot_run
+
+    out = Path(args.out) if args.out else Path(args.file).parent / "plots"
+    result = plot_run(args.file, out, times=args.times, dpi=args.dpi)
+    for path in result.written:
+        print(f"wrote {path}")
+    for name, why in result.skipped.items():
+        print(f"skipped {name}: {why}")
+    return 0
+
+
+def _cmd_movie(args) -> int:
+    from abm.io.reader import RunFileError
+    from abm.movie import export_movie, parse_axis, parse_size
+
+    try:
+        size = parse_size(args.size) if args.size else None
+        axis = parse_axis(args.axis)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    layers = [n.strip() for item in args.layers or [] for n in item.split(",") if n.strip()] or None
+    try:
+        result = export_movie(args.file, args.output, layers=layers, start=args.start, end=args.end, fps=args.fps,
+                              size=size, dpi=args.dpi, view="projection" if args.projection else "slice", axis=axis,
+                              index=args.index, progress=not args.quiet)
+    except RunFileError:
+        raise
+    except ValueError as exc:  # output format, fps, view
+        raise UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        print("tme: movie cancelled; no file written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    w, h = result.size
+    print(f"wrote {result.path}: {result.frames} frames of {w}x{h}, t = {result.times_min[0]:g}"
+          f"-{result.times_min[1]:g} min")
+    return 0
+
+
 def _cmd_config_schema(args) -> int:
     from abm.config import Config
 
@@ -94,6 +187,51 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("validate", help="check a config without running it")
     config_args(sp)
     sp.set_defaults(func=_cmd_validate)
+
+    sp = sub.add_parser("inspect", help="summarise a run file")
+    sp.add_argument("file", help="run file (sim.h5)")
+    sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    sp.set_defaults(func=_cmd_inspect)
+
+    sp = sub.add_parser("replay", help="restart a run from a snapshot, optionally with changed parameters")
+    sp.add_argument("file", help="parent run file (sim.h5); never modified")
+    sp.add_argument("--from", dest="from_min", type=float, required=True, metavar="T",
+                    help="restart time (min): the snapshot at or just before T is used")
+    sp.add_argument("--until", type=float, metavar="T2", help="end time (min); default the config's duration")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="change a config value for the branch (TOML syntax); repeatable")
+    sp.add_argument("--backend", choices=["numpy", "cupy", "auto"],
+                    help="array backend (default: the one that wrote the parent, for bit-identical restarts)")
+    sp.add_argument("--out", help="output directory (default <parent run dir>-replay-t<T>)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_cmd_replay)
+
+    sp = sub.add_parser("plot", help="write PNG plots of a run file")
+    sp.add_argument("file", help="run file (sim.h5)")
+    sp.add_argument("--out", help="directory for the PNGs (default: plots/ next to the file)")
+    sp.add_argument("--times", type=float, nargs="+", metavar="T",
+                    help="times (min) of the field maps (default: first, middle and last snapshot)")
+    sp.add_argument("--dpi", type=int, default=110, help="resolution of the PNGs (default 110)")
+    sp.set_defaults(func=_cmd_plot)
+
+    sp = sub.add_parser("movie", help="export a movie (.mp4 or .gif), one frame per snapshot")
+    sp.add_argument("file", help="run file (sim.h5)")
+    sp.add_argument("-o", "--output", required=True, help="output video, .mp4 or .gif")
+    sp.add_argument("--layers", action="append", metavar="NAME[,NAME...]",
+                    help="cell layers (tumour, necrotic, vessels) and fields (e.g. oxygen); default all")
+    sp.add_argument("--start", type=float, metavar="T", help="first time (min); default the first snapshot")
+    sp.add_argument("--end", type=float, metavar="T", help="last time (min); default the last snapshot")
+    sp.add_argument("--fps", type=float, default=5.0, help="frames per second (default 5)")
+    sp.add_argument("--size", metavar="WxH", help="frame size in pixels (default 432x432 per panel)")
+    sp.add_argument("--dpi", type=int, default=100, help="drawing resolution (default 100)")
+    view = sp.add_mutually_exclusive_group()
+    view.add_argument("--slice", action="store_true", help="3-D: a plane across --axis at --index (default)")
+    view.add_argument("--projection", action="store_true", help="3-D: maximum projection along --axis")
+    sp.add_argument("--axis", default="z", help="3-D: axis x, y or z (default z)")
+    sp.add_argument("--index", type=int, help="3-D: slice index (default the middle plane)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_cmd_movie)
 
     sp = sub.add_parser("config", help="config utilities")
     csub = sp.add_subparsers(dest="config_command", metavar="SUBCOMMAND")

@@ -1,22 +1,260 @@
-"""Plots of a run file, drawn headless (Agg)."""
+"""Plots of a run file, drawn headless (Agg).
+
+One set of panel functions draws the populations, the tumour burden with RECIST thresholds, the hypoxic
+fraction, immune metrics, drug levels and field maps. :func:`plot_summary` (the ``summary.png`` of
+``tme run``) and :func:`plot_run` (``tme plot``) both assemble figures from them; ``tme movie`` reuses the
+plane extraction and the tissue colours.
+
+Panels whose time series are absent from a run (immune phenotype metrics, drug levels) are skipped and named
+in the result, never drawn empty.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from abm.io.reader import open_h5
+from abm.analysis import recist_thresholds
+from abm.io.run import CELL_LAYERS, RunFile, open_run
 
-__all__ = ["plot_summary"]
+__all__ = ["PlotResult", "plane", "plot_run", "plot_summary", "snapshot_planes", "tissue_rgb"]
+
+#: Colours of the cell layers (RGB in [0, 1]) on a white background.
+LAYER_COLOURS = {"vessels": (0.15, 0.35, 0.85), "necrotic": (0.25, 0.25, 0.25), "tumour": (0.85, 0.15, 0.15)}
+
+_COUNT_SUFFIXES = ("_cells", "_voxels", "_quiescent", "_hypoxic")
+_EVENT_MARKERS = ("_births", "_deaths", "_kills", "_cleared", "_recruited")
+_IMMUNE_PREFIXES = ("immune_", "cd8_", "treg_", "macrophage_", "infiltration", "tcell_")
+_DRUG_PREFIXES = ("drug_", "pk_", "occupancy_")
 
 
-def _timeseries(f) -> dict[str, np.ndarray]:
-    return {name: ds[()] for name, ds in f["timeseries"].items()}
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
+def _days(ts) -> np.ndarray:
+    return ts["time_min"] / 1440.0
+
+
+def _select(ts: dict, test) -> list[str]:
+    return [k for k in ts if k != "time_min" and test(k)]
+
+
+def population_metrics(ts: dict) -> list[str]:
+    """Names of the count series in a time series (cells and voxels per type and state)."""
+    return _select(ts, lambda k: k.endswith(_COUNT_SUFFIXES))
+
+
+def event_metrics(ts: dict) -> list[str]:
+    """Names of the per-step event series (births, deaths, kills, clearance, recruitment)."""
+    return _select(ts, lambda k: any(m in k for m in _EVENT_MARKERS))
+
+
+def immune_metrics(ts: dict) -> list[str]:
+    """Names of immune phenotype and infiltration series (none until immune cells exist)."""
+    return _select(ts, lambda k: k.startswith(_IMMUNE_PREFIXES))
+
+
+def drug_metrics(ts: dict) -> list[str]:
+    """Names of drug level series (plasma PK, tissue concentration, target occupancy)."""
+    return _select(ts, lambda k: k.startswith(_DRUG_PREFIXES))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Time-series panels
+def draw_populations(ax, ts: dict) -> None:
+    """Counts per type and state over time (log scale when they span decades)."""
+    t = _days(ts)
+    names = population_metrics(ts)
+    for name in names:
+        ax.plot(t, ts[name], label=name.replace("_", " "))
+    top = max((np.nanmax(ts[n]) for n in names if ts[n].size), default=0)
+    if top > 1000:
+        ax.set_yscale("symlog", linthresh=10)
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("count")
+    ax.set_title("Populations")
+    ax.legend(loc="best", fontsize=7)
+
+
+def draw_events(ax, ts: dict) -> None:
+    """Births, deaths and other events per recorded step."""
+    t = _days(ts)
+    for name in event_metrics(ts):
+        ax.plot(t, ts[name], lw=0.8, label=name.replace("_", " "))
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("events per step")
+    ax.set_title("Events")
+    ax.legend(loc="best", fontsize=7)
+
+
+def draw_burden(ax, ts: dict) -> None:
+    """Lesion diameter with the RECIST PR (−30 % from baseline) and PD (+20 % over nadir) thresholds."""
+    t = _days(ts)
+    d = ts["tumour_diameter_um"]
+    th = recist_thresholds(d)
+    ax.plot(t, d, color="tab:red", lw=1.6, label="lesion diameter")
+    ax.axhline(th["baseline"][0], color="0.3", lw=0.8, ls=":", label="baseline")
+    ax.axhline(th["pr"][0], color="tab:green", lw=1.0, ls="--", label="PR: −30 % from baseline")
+    ax.plot(t, th["pd"], color="tab:orange", lw=1.0, ls="--", label="PD: +20 % over nadir")
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("equivalent diameter (µm)")
+    ax.set_title("Tumour burden (RECIST)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="best", fontsize=7)
+
+
+def draw_hypoxia(ax, ts: dict) -> None:
+    """Fraction of live tumour cells below the hypoxia threshold."""
+    ax.plot(_days(ts), ts["hypoxic_fraction"], color="tab:purple")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("fraction of live tumour cells")
+    ax.set_title("Hypoxic fraction")
+
+
+def _draw_series(ax, ts: dict, names: list[str], title: str, ylabel: str) -> None:
+    for name in names:
+        ax.plot(_days(ts), ts[name], label=name.replace("_", " "))
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=7)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Planes of 2-D and 3-D snapshots
+def plane(volume: np.ndarray, view: str = "slice", axis: int = 2, index: int | None = None) -> np.ndarray:
+    """A 2-D image of a grid-shaped array.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (nx, ny) or (nx, ny, nz)
+        Field or mask. A 2-D array is returned as is.
+    view : {"slice", "projection"}
+        The plane at ``index`` across ``axis``, or the maximum along ``axis`` (for masks: any).
+    axis : int
+        Axis cut or projected (0, 1 or 2).
+    index : int, optional
+        Slice index; default the middle plane.
+
+    Returns
+    -------
+    ndarray, 2-D
+        Axes in grid order with ``axis`` removed.
+    """
+    if volume.ndim == 2:
+        return volume
+    if view == "projection":
+        return volume.max(axis=axis)
+    index = volume.shape[axis] // 2 if index is None else index
+    return np.take(volume, index, axis=axis)
+
+
+def snapshot_planes(run: RunFile, index: int, layers, view: str = "slice", axis: int = 2,
+                    slice_index: int | None = None) -> dict[str, np.ndarray]:
+    """Read the 2-D planes of ``layers`` from snapshot ``index``, one snapshot at a time.
+
+    Cell layers (:data:`abm.io.CELL_LAYERS`) come back as bool, fields in their dtype. A 3-D slice reads only
+    that plane of each field from the file.
+    """
+    g = run._group(index)
+    out = {}
+    for name in layers:
+        if name in CELL_LAYERS:
+            continue
+        ds = g["fields"][name]
+        if run.ndim == 3 and view == "slice":
+            k = run.shape[axis] // 2 if slice_index is None else slice_index
+            sel = tuple(k if a == axis else slice(None) for a in range(3))
+            out[name] = run._dataset(ds, sel)
+        else:
+            out[name] = plane(run._dataset(ds), view, axis, slice_index)
+    for name in layers:
+        if name not in CELL_LAYERS:
+            continue
+        if name == "tumour":
+            mask = np.zeros(run.shape, dtype=bool)
+            if "tumour" in g["agents"]:
+                mask.reshape(-1)[run._dataset(g["agents"]["tumour"]["voxel"])] = True
+        else:
+            ds = g["state"].get(name)
+            mask = run._dataset(ds).astype(bool) if ds is not None else np.zeros(run.shape, dtype=bool)
+        out[name] = plane(mask, view, axis, slice_index)
+    return {name: out[name] for name in layers}
+
+
+def tissue_rgb(masks: dict[str, np.ndarray]) -> np.ndarray:
+    """RGB image (float, shape (h, w, 3)) of cell-layer masks on white; later layers of ``LAYER_COLOURS`` win."""
+    first = next(iter(masks.values()))
+    rgb = np.ones((*first.shape, 3), dtype=np.float32)
+    for name, colour in LAYER_COLOURS.items():
+        if name in masks:
+            rgb[masks[name]] = colour
+    return rgb
+
+
+def _imshow_field(ax, data, vmin=None, vmax=None, cmap="viridis"):
+    # Transposed with origin lower so the first grid axis runs left to right, the second bottom to top.
+    return ax.imshow(data.T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+
+
+def _imshow_tissue(ax, masks):
+    ax.imshow(np.transpose(tissue_rgb(masks), (1, 0, 2)), origin="lower", interpolation="nearest")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=LAYER_COLOURS[n], label=n) for n in LAYER_COLOURS if n in masks]
+    ax.legend(handles=handles, loc="upper right", fontsize=6, framealpha=0.7)
+
+
+_AXIS_NAMES = "xyz"
+
+
+def _view_label(run: RunFile, view: str, axis: int, index: int | None) -> str:
+    if run.ndim == 2:
+        return "full plane"
+    if view == "projection":
+        return f"max projection along {_AXIS_NAMES[axis]}"
+    index = run.shape[axis] // 2 if index is None else index
+    return f"slice {_AXIS_NAMES[axis]} = {index}"
+
+
+def draw_field_maps(fig, run: RunFile, index: int, views) -> None:
+    """One row per view (2-D: the plane; 3-D: mid-plane slice and maximum projection): tissue, then fields."""
+    fields = run.field_names()
+    layers = [*CELL_LAYERS, *fields]
+    axes = fig.subplots(len(views), 1 + len(fields), squeeze=False)
+    for row, (view, axis) in enumerate(views):
+        planes = snapshot_planes(run, index, layers, view, axis)
+        label = _view_label(run, view, axis, None)
+        ax = axes[row][0]
+        _imshow_tissue(ax, {n: planes[n] for n in CELL_LAYERS})
+        ax.set_title(f"cells ({label})", fontsize=9)
+        for col, name in enumerate(fields, start=1):
+            ax = axes[row][col]
+            im = _imshow_field(ax, planes[name])
+            fig.colorbar(im, ax=ax, shrink=0.8, label=_field_unit(name))
+            ax.set_title(f"{name} ({label})", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def _field_unit(name: str) -> str:
+    return {"oxygen": "oxygen (mmHg)"}.get(name, name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figures
 def plot_summary(h5_path, png_path) -> Path:
-    """Write a PNG of tumour burden (cells, lesion diameter) and hypoxic fraction over time.
+    """Write ``summary.png``: populations, tumour burden with RECIST thresholds and hypoxic fraction.
 
     Parameters
     ----------
@@ -30,39 +268,114 @@ def plot_summary(h5_path, png_path) -> Path:
     Path
         ``png_path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open_h5(h5_path) as f:
-        ts = _timeseries(f)
-        name = Path(h5_path).parent.name
-    t_days = ts["time_min"] / 1440.0
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
-    ax = axes[0]
-    ax.plot(t_days, ts["tumour_cells"], color="tab:red", label="live tumour cells")
-    if "necrotic_voxels" in ts:
-        ax.plot(t_days, ts["necrotic_voxels"], color="0.4", label="necrotic voxels")
-    ax.set_xlabel("time (days)")
-    ax.set_ylabel("count")
-    ax.set_title("Tumour burden")
+    plt = _pyplot()
+    with open_run(h5_path) as run:
+        ts = run.timeseries()
+    panels = [draw_populations]
     if "tumour_diameter_um" in ts:
-        ax2 = ax.twinx()
-        ax2.plot(t_days, ts["tumour_diameter_um"], color="tab:blue", ls="--", label="lesion diameter")
-        ax2.set_ylabel("equivalent diameter (µm)", color="tab:blue")
-        lines = ax.get_lines() + ax2.get_lines()
-        ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left", fontsize=8)
-    else:
-        ax.legend(loc="upper left", fontsize=8)
-    ax = axes[1]
-    ax.plot(t_days, ts["hypoxic_fraction"], color="tab:purple")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("time (days)")
-    ax.set_ylabel("fraction of live tumour cells")
-    ax.set_title("Hypoxic fraction")
-    fig.suptitle(name)
+        panels.append(draw_burden)
+    if "hypoxic_fraction" in ts:
+        panels.append(draw_hypoxia)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), constrained_layout=True, squeeze=False)
+    for ax, draw in zip(axes[0], panels):
+        draw(ax, ts)
+    fig.suptitle(Path(h5_path).parent.name)
     png_path = Path(png_path)
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return png_path
+
+
+@dataclass
+class PlotResult:
+    """What :func:`plot_run` wrote and which panels it skipped (name -> reason)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def plot_run(h5_path, out_dir, times=None, dpi: int = 110) -> PlotResult:
+    """Write the PNGs of ``tme plot`` for a run file.
+
+    Parameters
+    ----------
+    h5_path : path-like
+        Run file.
+    out_dir : path-like
+        Directory for the PNGs (created).
+    times : sequence of float, optional
+        Times (min) of the field maps; each uses the snapshot at or just before it. Default: the first, middle
+        and last snapshot.
+    dpi : int
+        Resolution of the PNGs.
+
+    Returns
+    -------
+    PlotResult
+        ``populations.png``, ``burden.png`` (when the diameter series exists), ``hypoxia.png``, ``immune.png``
+        and ``drugs.png`` (when their series exist) and ``fields_t<T>.png`` per map time.
+
+    Raises
+    ------
+    abm.io.RunFileError
+        If the file is unusable or a time lies outside the run.
+    """
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = PlotResult()
+
+    def save(fig, name):
+        path = out_dir / name
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        result.written.append(path)
+
+    with open_run(h5_path) as run:
+        ts = run.timeseries()
+        indices = _map_indices(run, times)
+        title = run.config_dict().get("name") or Path(h5_path).parent.name
+        if ts and "time_min" in ts:
+            fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+            draw_populations(axes[0], ts)
+            draw_events(axes[1], ts)
+            fig.suptitle(f"{title}: populations")
+            save(fig, "populations.png")
+            for name, draw, needed in (("burden", draw_burden, "tumour_diameter_um"),
+                                       ("hypoxia", draw_hypoxia, "hypoxic_fraction")):
+                if needed in ts:
+                    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+                    draw(ax, ts)
+                    save(fig, f"{name}.png")
+                else:
+                    result.skipped[name] = f"no '{needed}' time series in this run"
+            for name, names, title_, ylabel in (
+                ("immune", immune_metrics(ts), "Immune phenotype", "value"),
+                ("drugs", drug_metrics(ts), "Drug levels", "concentration / occupancy"),
+            ):
+                if names:
+                    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+                    _draw_series(ax, ts, names, title_, ylabel)
+                    save(fig, f"{name}.png")
+                else:
+                    result.skipped[name] = "not available (no such time series in this run)"
+        else:
+            result.skipped["timeseries"] = "the file holds no time series"
+
+        views = [("slice", 2)] if run.ndim == 2 else [("slice", 2), ("projection", 2)]
+        n_fields = len(run.field_names()) if len(run) else 0
+        for index in indices:
+            fig = plt.figure(figsize=(3.6 * (1 + n_fields), 3.3 * len(views)), constrained_layout=True)
+            draw_field_maps(fig, run, index, views)
+            t = run.times[index]
+            fig.suptitle(f"{title}: t = {t:g} min ({t / 1440:.2f} d)")
+            save(fig, f"fields_t{t:g}.png")
+    return result
+
+
+def _map_indices(run: RunFile, times) -> list[int]:
+    if not len(run):
+        return []
+    if times is None:
+        return sorted({0, len(run) // 2, len(run) - 1})
+    return list(dict.fromkeys(run.index_at(t) for t in times))

@@ -73,30 +73,12 @@ def load_snapshot_state(path, time_min: float | None = None) -> tuple[str, dict,
     Raises
     ------
     RunFileError
-        If the file is unusable, holds no snapshot, or ``time_min`` lies before the first snapshot.
+        If the file is unusable, holds no snapshot, or ``time_min`` lies outside the run.
     """
-    from abm.io.writer import read_snapshot_state
+    from abm.io.run import open_run
 
-    with open_h5(path) as f:
-        names = sorted(f["snapshots"])
-        if not names:
+    with open_run(path) as run:
+        if not len(run):
             raise RunFileError(f"{path}: holds no snapshot")
-        times = snapshot_times(f)
-        if time_min is None:
-            k = len(names) - 1
-        else:
-            before = np.nonzero(times <= time_min + 1e-9)[0]
-            if before.size == 0:
-                raise RunFileError(
-                    f"{path}: no snapshot at or before t = {time_min} min; snapshots span "
-                    f"{times[0]:g}-{times[-1]:g} min"
-                )
-            k = int(before[-1])
-        try:
-            state = read_snapshot_state(f["snapshots"][names[k]])
-        except (KeyError, OSError) as exc:
-            raise RunFileError(f"{path}: snapshot {names[k]} is incomplete or damaged ({exc})") from None
-        config_toml = f.attrs["config_toml"]
-        if isinstance(config_toml, bytes):
-            config_toml = config_toml.decode()
-        return config_toml, state, float(times[k])
+        t = float(run.times[-1] if time_min is None else run.times[run.index_at(time_min)])
+        return run.config_toml, run.state(t), t

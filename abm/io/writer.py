@@ -120,6 +120,7 @@ class RunWriter:
         st = state["state"]
         g.attrs["time_min"] = float(st["time_min"])
         g.attrs["step"] = int(st["step"])
+        g.attrs["complete"] = False  # set True after the last dataset, so a half-written snapshot is recognised
         comp = {"compression": "gzip", "compression_opts": self.compression} if self.compression else {}
         fields = g.create_group("fields")
         for name, data in state["fields"].items():
@@ -129,15 +130,8 @@ class RunWriter:
             ag = agents.create_group(kind)
             for col, data in columns.items():
                 ag.create_dataset(col, data=data, **(comp if data.size > 1024 else {}))
-        sg = g.create_group("state")
-        for key, value in st.items():
-            if isinstance(value, np.ndarray) and value.ndim > 0:
-                data = value.astype(np.uint8) if value.dtype == bool else value
-                ds = sg.create_dataset(key, data=data, **(comp if value.size > 1024 else {}))
-                if value.dtype == bool:
-                    ds.attrs["bool"] = True
-            else:
-                sg.attrs[key] = value
+        _write_state(g.create_group("state"), st, comp)
+        g.attrs["complete"] = True
         self._n_snapshots += 1
         self.flush_timeseries()
         self._file.flush()
@@ -162,12 +156,39 @@ class RunWriter:
                 self._file.close()
 
 
+def _write_state(group: h5py.Group, state: dict, comp: dict) -> None:
+    """Write a (possibly nested) state mapping: scalars as attributes, arrays as datasets, dicts as groups.
+
+    Nested mappings are how future state slots in without a format change: e.g. ``state["pk"][drug]`` with
+    the compartment amounts of one drug, ``state["pending_doses"][drug]`` with the times and doses still to
+    come (see docs/FORMAT.md). Boolean arrays are stored as uint8 with the attribute ``bool=True``.
+    """
+    for key, value in state.items():
+        if isinstance(value, dict):
+            _write_state(group.create_group(key), value, comp)
+        elif isinstance(value, np.ndarray) and value.ndim > 0:
+            data = value.astype(np.uint8) if value.dtype == bool else value
+            ds = group.create_dataset(key, data=data, **(comp if value.size > 1024 else {}))
+            if value.dtype == bool:
+                ds.attrs["bool"] = True
+        else:
+            group.attrs[key] = value
+
+
+def _read_state(group: h5py.Group) -> dict:
+    """Inverse of :func:`_write_state`."""
+    st: dict = dict(group.attrs)
+    for key, item in group.items():
+        if isinstance(item, h5py.Group):
+            st[key] = _read_state(item)
+        else:
+            data = item[()]
+            st[key] = data.astype(bool) if item.attrs.get("bool", False) else data
+    return st
+
+
 def read_snapshot_state(group: h5py.Group) -> dict:
     """Read one snapshot group back into the dictionary layout of :meth:`abm.model.Simulation.state`."""
     fields = {name: ds[()] for name, ds in group["fields"].items()}
     agents = {kind: {col: ds[()] for col, ds in g.items()} for kind, g in group["agents"].items()}
-    st: dict = dict(group["state"].attrs)
-    for key, ds in group["state"].items():
-        data = ds[()]
-        st[key] = data.astype(bool) if ds.attrs.get("bool", False) else data
-    return {"fields": fields, "agents": agents, "state": st}
+    return {"fields": fields, "agents": agents, "state": _read_state(group["state"])}

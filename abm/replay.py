@@ -1,0 +1,112 @@
+"""Restarting a run from one of its snapshots, unchanged or as a branch with a changed config.
+
+A replay reads the snapshot at (or just before) the requested time, rebuilds the simulation with
+:meth:`abm.model.Simulation.from_state` and hands it to :func:`abm.runner.run_simulation`. Every step's random
+stream is derived from ``(seed, step)`` and the step is stored in the snapshot, so an unchanged replay on the
+backend that wrote the file continues bit-identically.
+
+The replay writes a new run directory; it never touches the parent file. Its HDF5 file starts at the branch
+snapshot (the first snapshot of the new file equals the parent's snapshot at the branch time) and records its
+parent in root attributes (docs/FORMAT.md): ``parent_file``, ``branch_time_min``, ``branch_step``,
+``branch_overrides`` and ``parent_config_toml``. The parent's history before the branch point stays in the
+parent file and is not copied.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from abm.config import apply_overrides, parse_config
+from abm.io.reader import RunFileError
+from abm.io.run import open_run
+
+__all__ = ["default_replay_dir", "replay_run"]
+
+
+def default_replay_dir(parent_file: Path, time_min: float) -> Path:
+    """``<parent run dir>-replay-t<T>`` next to the parent run directory (T in minutes)."""
+    parent_file = Path(parent_file).resolve()
+    return parent_file.parent.with_name(f"{parent_file.parent.name}-replay-t{time_min:g}")
+
+
+def replay_run(
+    path,
+    from_min: float,
+    *,
+    until_min: float | None = None,
+    overrides: list[str] | None = None,
+    out_dir=None,
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """Restart the run in ``path`` from its snapshot at (or just before) ``from_min``.
+
+    Parameters
+    ----------
+    path : path-like
+        Parent run file.
+    from_min : float
+        Restart time (min). It must lie between the first snapshot and the end of the run; the snapshot at or
+        just before it is used.
+    until_min : float, optional
+        End time (min) of the replay; default the ``time.duration_min`` of the (possibly changed) config.
+    overrides : list of str, optional
+        ``KEY=VALUE`` config changes (TOML values) that branch the run, e.g.
+        ``["tumour.apoptosis_rate_per_min=0.01"]``. ``backend`` defaults to the backend that wrote the parent.
+    out_dir : path-like, optional
+        Output directory; default :func:`default_replay_dir`.
+    overwrite : bool
+        Replace a run already in ``out_dir`` (never the parent).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    abm.runner.RunResult
+
+    Raises
+    ------
+    RunFileError
+        If the parent file is unusable, the time lies outside the run, or the output would replace the parent.
+    abm.config.ConfigError
+        If an override is malformed or the changed config is invalid.
+    """
+    from abm.model import Simulation
+    from abm.runner import run_simulation
+
+    path = Path(path)
+    overrides = list(overrides or [])
+    with open_run(path) as run:
+        index = run.index_at(from_min)
+        branch_time = float(run.times[index])
+        branch_step = int(run.steps[index])
+        parent_toml = run.config_toml
+        data = run.config_dict()
+        parent_backend = run.attrs.get("backend")
+        state = run.state(branch_time)
+    if parent_backend and not any(o.partition("=")[0].strip() == "backend" for o in overrides):
+        data["backend"] = parent_backend
+    config = parse_config(apply_overrides(data, overrides), f"{path} with --set")
+    end = config.time.duration_min if until_min is None else float(until_min)
+    if end <= branch_time:
+        raise RunFileError(
+            f"{path}: replay would end at t = {end:g} min, not after the branch snapshot at t = {branch_time:g} min; "
+            "pass a later --until (or --set time.duration_min=...)"
+        )
+    out_dir = Path(out_dir) if out_dir is not None else default_replay_dir(path, branch_time)
+    if (out_dir / "sim.h5").resolve() == path.resolve():
+        raise RunFileError(f"{path}: a replay never overwrites its parent; choose another --out")
+    try:
+        sim = Simulation.from_state(config, state)
+    except ValueError as exc:
+        raise RunFileError(f"{path}: the snapshot at t = {branch_time:g} min does not fit the config ({exc})") from None
+    attrs = {
+        "parent_file": str(path.resolve()),
+        "branch_time_min": branch_time,
+        "branch_step": branch_step,
+        "branch_overrides": json.dumps(overrides),
+        "parent_config_toml": parent_toml,
+    }
+    return run_simulation(config, out_dir, sim=sim, until_min=end, overwrite=overwrite, progress=progress,
+                          extra_attrs=attrs)
