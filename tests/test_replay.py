@@ -240,8 +240,6 @@ def test_truncated_file_in_a_separate_process_exits_2_without_traceback(bad_file
     import subprocess
     import sys
 
-    if runs["ndim"] == 3:
-        pytest.skip("one process start is enough")
     path = bad_files["truncated"]
     for args in (["inspect", str(path)], ["replay", str(path), "--from", "0", "--out", str(tmp_path / "r")]):
         proc = subprocess.run([sys.executable, "-m", "abm.cli", *args], cwd=REPO, capture_output=True, text=True,
