@@ -12,7 +12,7 @@ import numpy as np
 
 from kernels._xp import array_namespace
 
-__all__ = ["moore_offsets", "neighbours", "resolve_conflicts", "scatter_count"]
+__all__ = ["box_sum", "moore_offsets", "neighbours", "resolve_capacity", "resolve_conflicts", "scatter_count"]
 
 
 def moore_offsets(ndim: int) -> np.ndarray:
@@ -91,3 +91,72 @@ def scatter_count(voxels, size: int, weights=None, dtype=np.float64):
     xp = array_namespace(voxels, weights)
     out = xp.bincount(voxels, weights=weights, minlength=size)
     return out.astype(dtype, copy=False)
+
+
+def resolve_capacity(targets, priority, slots):
+    """Admit candidates to voxels with limited free slots, highest priority first.
+
+    Generalises :func:`resolve_conflicts` to voxels that hold up to ``slots[v]`` newcomers: within each target
+    voxel the candidates are ranked by descending priority and the first ``slots[v]`` win. The outcome depends
+    only on the priorities, not on array order.
+
+    Parameters
+    ----------
+    targets : int array, shape ``(N,)``
+        The voxel each candidate wants (flat index).
+    priority : float array, shape ``(N,)``
+        Random priorities.
+    slots : int array, shape ``(size,)``
+        Free places per voxel (negative values count as 0).
+
+    Returns
+    -------
+    bool array, shape ``(N,)``
+        True for each admitted candidate.
+    """
+    xp = array_namespace(targets, priority, slots)
+    n = targets.shape[0]
+    won = xp.zeros(n, dtype=bool)
+    if n == 0:
+        return won
+    order = xp.lexsort(xp.stack([-priority, targets]))
+    sorted_targets = targets[order]
+    first = xp.ones(n, dtype=bool)
+    first[1:] = sorted_targets[1:] != sorted_targets[:-1]
+    position = xp.arange(n)
+    group_id = xp.cumsum(first) - 1
+    rank = position - position[first][group_id]
+    won[order] = rank < slots[sorted_targets]
+    return won
+
+
+def box_sum(grid, radius: int):
+    """Sum of ``grid`` over the cube of half-width ``radius`` voxels around each voxel (zero outside).
+
+    Uses cumulative sums along each axis, so the cost does not grow with the radius.
+
+    Parameters
+    ----------
+    grid : array, shape ``(nx, ny[, nz])``
+        Values to sum (cast to float64).
+    radius : int
+        Half-width in voxels (Chebyshev distance); 0 returns a float copy.
+
+    Returns
+    -------
+    float64 array of the same shape
+    """
+    xp = array_namespace(grid)
+    out = grid.astype(np.float64)
+    r = int(radius)
+    if r <= 0:
+        return out
+    for axis in range(out.ndim):
+        n = out.shape[axis]
+        moved = xp.moveaxis(out, axis, 0)
+        pad = xp.zeros((1,) + moved.shape[1:], dtype=np.float64)
+        c = xp.concatenate([pad, xp.cumsum(moved, axis=0)], axis=0)  # c[i] = sum of rows < i
+        hi = xp.minimum(xp.arange(n) + r + 1, n)
+        lo = xp.maximum(xp.arange(n) - r, 0)
+        out = xp.moveaxis(c[hi] - c[lo], 0, axis)
+    return out
