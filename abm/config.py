@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 __all__ = [
     "Config",
@@ -156,34 +156,49 @@ class SoluteConfig(_Section):
     substeps: Annotated[int, Field(ge=1, le=1000)] = Field(default=1, description="Solver sub-steps per step.")
 
 
-def _solute(unit, d, decay, d_src, decay_src):
-    return Field(
-        default_factory=lambda: SoluteConfig(unit=unit, diffusivity_um2_per_min=d, decay_per_min=decay),
-        description=f"Unit {unit}. Default D = {d:g} µm²/min ({d_src}); decay {decay:g} /min ({decay_src}).",
+def _solute(name, unit, d, decay, d_src, decay_src):
+    """A :class:`SoluteConfig` subclass whose defaults are this field's sourced values."""
+    return create_model(
+        f"{name.capitalize()}FieldConfig",
+        __base__=SoluteConfig,
+        __doc__=f"The {name} field (unit {unit}); simulated when immune.enabled is true.",
+        unit=(str, Field(default=unit, description=f"Concentration unit (label only); {unit}.")),
+        diffusivity_um2_per_min=(Positive, Field(default=d, description=f"Diffusion coefficient, µm²/min ({d_src}).")),
+        decay_per_min=(NonNegative, Field(default=decay, description=f"First-order decay, 1/min ({decay_src}).")),
     )
+
+
+ChemokineFieldConfig = _solute(
+    "chemokine", "a.u.", 1000.0, 0.016, "PhysiCell immunostimulatory factor", "PhysiCell; 250 µm length"
+)
+IfngFieldConfig = _solute("ifng", "ng/mL", 6000.0, 0.00385, "spQSP: 1e-6 cm²/s", "spQSP: half-life ~3 h, ln2/180 min")
+TgfbFieldConfig = _solute(
+    "tgfb", "ng/mL", 3000.0, 0.0116,
+    "model choice: ~5e-7 cm²/s, a 25 kDa dimer scaled from IFN-γ by Stokes-Einstein",
+    "model choice: 1 h tissue half-life; free TGF-β1 clears from plasma in 2-3 min (Wakefield 1990 J Clin "
+    "Invest) but matrix-bound latent TGF-β persists",
+)
+VegfFieldConfig = _solute(
+    "vegf", "ng/mL", 6000.0, 0.01, "~1e-6 cm²/s, VEGF165 in interstitium (Mac Gabhann & Popel transport models)",
+    "model choice: ~70 min half-life, the order reported for tissue VEGF",
+)
+Cxcl12FieldConfig = _solute(
+    "cxcl12", "a.u.", 1000.0, 0.016, "chemokine class value, PhysiCell immunostimulatory factor", "PhysiCell"
+)
 
 
 class FieldsConfig(_Section):
     """Diffusing fields."""
 
     oxygen: OxygenConfig = Field(default_factory=OxygenConfig)
-    chemokine: SoluteConfig = _solute(
-        "a.u.", 1000.0, 0.016, "PhysiCell immunostimulatory factor", "PhysiCell; 250 µm length"
+    chemokine: ChemokineFieldConfig = Field(  # type: ignore[valid-type]
+        default_factory=ChemokineFieldConfig, description="CXCL9/10-like T-cell attractant (a.u.)."
     )
-    ifng: SoluteConfig = _solute(
-        "ng/mL", 6000.0, 0.00385, "spQSP: 1e-6 cm²/s", "spQSP: half-life ~3 h, ln2/180 min"
-    )
-    tgfb: SoluteConfig = _solute(
-        "ng/mL", 3000.0, 0.0116, "model choice: ~5e-7 cm²/s, a 25 kDa dimer scaled from IFN-γ by Stokes-Einstein",
-        "model choice: 1 h tissue half-life; free TGF-β1 clears from plasma in 2-3 min (Wakefield 1990 J Clin "
-        "Invest) but matrix-bound latent TGF-β persists",
-    )
-    vegf: SoluteConfig = _solute(
-        "ng/mL", 6000.0, 0.01, "~1e-6 cm²/s, VEGF165 in interstitium (Mac Gabhann & Popel transport models)",
-        "model choice: ~70 min half-life, the order reported for tissue VEGF",
-    )
-    cxcl12: SoluteConfig = _solute(
-        "a.u.", 1000.0, 0.016, "chemokine class value, PhysiCell immunostimulatory factor", "PhysiCell"
+    ifng: IfngFieldConfig = Field(default_factory=IfngFieldConfig, description="IFN-γ (ng/mL).")  # type: ignore
+    tgfb: TgfbFieldConfig = Field(default_factory=TgfbFieldConfig, description="TGF-β (ng/mL).")  # type: ignore
+    vegf: VegfFieldConfig = Field(default_factory=VegfFieldConfig, description="VEGF (ng/mL).")  # type: ignore
+    cxcl12: Cxcl12FieldConfig = Field(  # type: ignore[valid-type]
+        default_factory=Cxcl12FieldConfig, description="CXCL12-like T-cell retention signal of CAFs (a.u.)."
     )
 
 
@@ -326,7 +341,7 @@ class ResistanceConfig(_Section):
     See docs/MODEL_IMMUNE.md for what each switch gates.
     """
 
-    adaptive_pdl1: bool = Field(default=True, description="1. IFN-γ induces PD-L1 on tumour cells and M2 macrophages.")
+    adaptive_pdl1: bool = Field(default=True, description="1. IFN-γ induces PD-L1 on tumour cells.")
     antigen_loss: bool = Field(
         default=True, description="2. Antigenicity mutates at division, so immune pressure can select low-antigen "
         "clones (immune editing)."
@@ -336,7 +351,8 @@ class ResistanceConfig(_Section):
         "cells stop killing."
     )
     suppressive_cells: bool = Field(
-        default=True, description="4. M2 macrophages and Tregs suppress effector killing nearby."
+        default=True, description="4. M2 macrophages (also through their PD-L1) and Tregs suppress effector "
+        "killing nearby."
     )
     hypoxia: bool = Field(
         default=True, description="5. Hypoxia suppresses T-cell killing and drives macrophages to M2."
@@ -408,7 +424,9 @@ class TCellConfig(_Section):
         default=14400.0, description="Mean lifespan, min: ~10 days (PhysiCell; Kather); death rate 1/lifespan."
     )
     ifng_secretion: NonNegative = Field(
-        default=0.01, description="IFN-γ secretion of an engaged T cell, ng/mL/min. Model choice."
+        default=1.0,
+        description="IFN-γ secretion of an engaged T cell, ng/mL/min. Model choice, calibrated so that a few "
+        "engaged cells raise local IFN-γ past the 0.11 ng/mL PD-L1 half-max (spQSP).",
     )
     pd1_suppression: Fraction = Field(
         default=0.9,
@@ -416,9 +434,9 @@ class TCellConfig(_Section):
         "term of the spQSP kill law. Model choice.",
     )
     exhaustion_per_engagement: NonNegative = Field(
-        default=0.01,
+        default=0.002,
         description="Exhaustion gained per engaged step, times (1 + pdl1 of the target) (dimensionless). Model "
-        "choice: ~100 engaged steps (10 h) without PD-L1 exhaust a cell.",
+        "choice: ~500 engaged steps (~2 days at 6 min) without PD-L1 exhaust a cell.",
     )
     lag3_tim3_suppression: Fraction = Field(
         default=0.5,
@@ -512,8 +530,8 @@ class MacrophageConfig(_Section):
         default=0.005, description="VEGF secretion of an M2 macrophage, ng/mL/min. Model choice."
     )
     m2_pdl1: Fraction = Field(
-        default=0.5, description="PD-L1 of an M2 macrophage adds this to a T cell's PD-1 engagement (0..1) when "
-        "resistance.adaptive_pdl1 is on. Model choice."
+        default=0.5, description="PD-L1 of an M2 macrophage in a T cell's Moore neighbourhood adds this to its PD-1 "
+        "engagement (0..1), part of resistance.suppressive_cells. Model choice."
     )
     ecm_degradation_per_min: NonNegative = Field(
         default=2.0e-4, description="MMP degradation of ECM in a macrophage's voxel, 1/min. Model choice."

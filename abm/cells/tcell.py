@@ -141,7 +141,7 @@ def tcell_kill(sim, rng) -> None:
         return
     tum = sim.tumour
     pdl1 = tum["pdl1"][target].astype(np.float64)
-    if cfg.resistance.adaptive_pdl1:
+    if cfg.resistance.suppressive_cells and cfg.immune.macrophage.m2_pdl1 > 0:
         pdl1 = xp.minimum(1.0, pdl1 + cfg.immune.macrophage.m2_pdl1 * sim.m2_neighbour_counts()[here])
     exhaustion = t["exhaustion"][rows].astype(np.float64)
     parts = suppression_components(sim, here, pdl1, exhaustion)
