@@ -340,3 +340,25 @@ def test_restart_from_state_is_bit_identical_with_the_immune_layer():
         for col in a["agents"][kind]:
             assert np.array_equal(a["agents"][kind][col], b["agents"][kind][col]), (kind, col)
     assert np.array_equal(a["state"]["ecm"], b["state"]["ecm"]) and a["state"]["priming"] == b["state"]["priming"]
+
+
+@pytest.mark.parametrize("name, code", [("inflamed", 1), ("excluded", 2), ("desert", 3)])
+def test_scenario_configs_reach_their_immune_phenotype(name, code):
+    from pathlib import Path
+
+    from abm.config import load_config
+    from abm.model import PHENOTYPE_CODES
+
+    assert PHENOTYPE_CODES[name] == code
+    path = Path(__file__).resolve().parents[1] / "configs" / f"immune_{name}.toml"
+    cfg = load_config(path, ["backend=numpy", "time.duration_min=1800"])  # 300 steps: the label has settled
+    sim = Simulation(cfg)
+    for _ in range(cfg.n_steps):
+        sim.step()
+    assert sim.metrics()["immune_phenotype_code"] == code
+    if name == "excluded":  # removing stromal exclusion lets the T cells into the core
+        open_cfg = load_config(path, ["backend=numpy", "time.duration_min=1800", "resistance.stromal_exclusion=false"])
+        sim = Simulation(open_cfg)
+        for _ in range(open_cfg.n_steps):
+            sim.step()
+        assert sim.metrics()["immune_phenotype_code"] == PHENOTYPE_CODES["inflamed"]
