@@ -133,30 +133,43 @@ def resolve_capacity(targets, priority, slots):
 def box_sum(grid, radius: int):
     """Sum of ``grid`` over the cube of half-width ``radius`` voxels around each voxel (zero outside).
 
-    Uses cumulative sums along each axis, so the cost does not grow with the radius.
+    Separable: one 1-D window sum per axis, by shifted slices for small radii and by cumulative sums for large
+    ones, so the cost never grows faster than the radius. Boolean and integer grids are summed exactly in int64.
 
     Parameters
     ----------
     grid : array, shape ``(nx, ny[, nz])``
-        Values to sum (cast to float64).
+        Values to sum.
     radius : int
-        Half-width in voxels (Chebyshev distance); 0 returns a float copy.
+        Half-width in voxels (Chebyshev distance); 0 returns a float64 copy.
 
     Returns
     -------
     float64 array of the same shape
     """
     xp = array_namespace(grid)
-    out = grid.astype(np.float64)
+    exact = grid.dtype == bool or np.issubdtype(np.dtype(str(grid.dtype)), np.integer)
+    out = grid.astype(np.int64 if exact else np.float64)
     r = int(radius)
-    if r <= 0:
-        return out
-    for axis in range(out.ndim):
+    for axis in range(out.ndim if r > 0 else 0):
         n = out.shape[axis]
-        moved = xp.moveaxis(out, axis, 0)
-        pad = xp.zeros((1,) + moved.shape[1:], dtype=np.float64)
-        c = xp.concatenate([pad, xp.cumsum(moved, axis=0)], axis=0)  # c[i] = sum of rows < i
-        hi = xp.minimum(xp.arange(n) + r + 1, n)
-        lo = xp.maximum(xp.arange(n) - r, 0)
-        out = xp.moveaxis(c[hi] - c[lo], 0, axis)
-    return out
+        widths = [(0, 0)] * out.ndim
+        sl = [slice(None)] * out.ndim
+        if r <= 4:
+            widths[axis] = (r, r)
+            padded = xp.pad(out, widths)
+            sl[axis] = slice(0, n)
+            acc = padded[tuple(sl)].copy()
+            for k in range(1, 2 * r + 1):
+                sl[axis] = slice(k, k + n)
+                acc += padded[tuple(sl)]
+            out = acc
+        else:
+            # Pad r zeros on both sides and one leading zero: each window sum is a difference of two slices.
+            widths[axis] = (r + 1, r)
+            c = xp.cumsum(xp.pad(out, widths), axis=axis)
+            hi, lo = list(sl), list(sl)
+            hi[axis] = slice(2 * r + 1, None)
+            lo[axis] = slice(0, n)
+            out = c[tuple(hi)] - c[tuple(lo)]
+    return out.astype(np.float64, copy=False)

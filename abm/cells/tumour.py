@@ -32,7 +32,7 @@ import numpy as np
 
 from abm.agents import Column
 from abm.rules import rule
-from kernels.lattice import neighbours
+from kernels.lattice import box_sum, neighbours
 
 __all__ = [
     "COLUMNS",
@@ -87,16 +87,19 @@ def proliferation(sim, rng) -> None:
         o2, p.proliferation_o2_threshold_mmHg, p.proliferation_o2_saturation_mmHg, xp
     )
     wants = rng.random(n) < _probability(rate, sim.dt_min, xp)
-    flat, inside = neighbours(cells["voxel"], sim.shape, sim.offsets)
-    free = inside & (sim.tissue.reshape(-1)[flat] == sim.FREE)
-    has_space = free.any(axis=1)
+    # Free Moore neighbours per voxel from one lattice stencil; neighbour lists only for dividing cells.
+    free_grid = sim.tissue == sim.FREE
+    free_count = box_sum(free_grid, 1).reshape(-1) - free_grid.reshape(-1)
+    has_space = free_count[cells["voxel"]] > 0.5
     cells["quiescent"] = ~has_space
     parents = xp.nonzero(wants & has_space)[0]
     if parents.shape[0] == 0:
         return
-    score = xp.where(free[parents], rng.random(free[parents].shape), -1.0)
+    flat, inside = neighbours(cells["voxel"][parents], sim.shape, sim.offsets)
+    free = inside & (sim.tissue.reshape(-1)[flat] == sim.FREE)
+    score = xp.where(free, rng.random(free.shape), -1.0)
     choice = xp.argmax(score, axis=1)
-    targets = flat[parents, choice]
+    targets = flat[xp.arange(parents.shape[0]), choice]
     sim.intents.divide("tumour", parents, targets)
 
 
