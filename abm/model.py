@@ -29,7 +29,15 @@ from abm.cells import tcell as tcell_mod
 from abm.cells import tumour as tumour_mod
 from abm.config import Config
 from abm.fields import DiffusingField, face_boundaries
-from kernels.lattice import box_sum, moore_offsets, resolve_capacity, resolve_conflicts, scatter_count
+from kernels.lattice import (
+    box_sum,
+    cube_offsets,
+    moore_offsets,
+    resolve_capacity,
+    resolve_conflicts,
+    scatter_count,
+    window_sum_at,
+)
 
 __all__ = ["Simulation"]
 
@@ -293,15 +301,39 @@ class Simulation:
         vegf = self.fields["vegf"].data.reshape(-1)[voxels].astype(np.float64)
         return 1.0 / (1.0 + vegf / self.config.immune.vessel_abnormality_vegf_half_max)
 
-    def suppressor_counts(self, kind: str):
-        """Number of M2 macrophages (``"m2"``) or Tregs (``"treg"``) within the suppression radius, per voxel.
+    def suppressor_counts(self, kind: str, voxels):
+        """Number of M2 macrophages (``"m2"``) or Tregs (``"treg"``) within the suppression radius of ``voxels``.
+
+        Parameters
+        ----------
+        kind : {"m2", "treg"}
+        voxels : int array, shape ``(N,)``
+            Flat voxel indices.
 
         Returns
         -------
-        float64 array, shape ``(size,)``
-            Counts over the cube of half-width ``round(suppression_radius_um / dx)`` voxels (cached per step).
+        float64 array, shape ``(N,)``
+            Counts over the cube of half-width ``round(suppression_radius_um / dx)`` voxels.
         """
-        key = f"suppressors_{kind}"
+        xp = self.xp
+        grid = self._counts_grid(kind)
+        if grid is None:  # none present: common, and saves the gathers
+            return xp.zeros(voxels.shape[0], dtype=np.float64)
+        radius = int(round(self.config.immune.tcell.suppression_radius_um / self.spacing_um))
+        offsets = xp.asarray(cube_offsets(self.ndim, radius))
+        return window_sum_at(grid, voxels, self.shape, offsets).astype(np.float64)
+
+    def m2_neighbour_counts(self, voxels):
+        """Number of M2 macrophages in the Moore neighbourhood of ``voxels`` (the voxel included), float64."""
+        xp = self.xp
+        grid = self._counts_grid("m2")
+        if grid is None:
+            return xp.zeros(voxels.shape[0], dtype=np.float64)
+        return window_sum_at(grid, voxels, self.shape, xp.asarray(cube_offsets(self.ndim, 1))).astype(np.float64)
+
+    def _counts_grid(self, kind: str):
+        """Per-voxel counts of M2 macrophages or Tregs (flat int32), or None when there are none (cached)."""
+        key = f"count_{kind}"
         if key not in self._cache:
             if kind == "m2":
                 m = self.agents["macrophage"]
@@ -309,18 +341,8 @@ class Simulation:
             else:
                 t = self.agents["tcell"]
                 vox = t["voxel"][t["is_treg"]]
-            radius = int(round(self.config.immune.tcell.suppression_radius_um / self.spacing_um))
-            grid = scatter_count(vox, self.size).reshape(self.shape)
-            self._cache[key] = box_sum(grid, radius).reshape(-1)
+            self._cache[key] = scatter_count(vox, self.size, dtype=np.int32) if vox.shape[0] else None
         return self._cache[key]
-
-    def m2_neighbour_counts(self):
-        """Number of M2 macrophages in each voxel's Moore neighbourhood (itself included), shape ``(size,)``."""
-        if "m2_moore" not in self._cache:
-            m = self.agents["macrophage"]
-            vox = m["voxel"][m["state"] == macrophage_mod.M2]
-            self._cache["m2_moore"] = box_sum(scatter_count(vox, self.size).reshape(self.shape), 1).reshape(-1)
-        return self._cache["m2_moore"]
 
     def _on_vessels_changed(self) -> None:
         ox = self.config.fields.oxygen

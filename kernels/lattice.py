@@ -12,13 +12,53 @@ import numpy as np
 
 from kernels._xp import array_namespace
 
-__all__ = ["box_sum", "moore_offsets", "neighbours", "resolve_capacity", "resolve_conflicts", "scatter_count"]
+__all__ = [
+    "box_sum",
+    "cube_offsets",
+    "moore_offsets",
+    "neighbours",
+    "resolve_capacity",
+    "resolve_conflicts",
+    "scatter_count",
+    "window_sum_at",
+]
 
 
 def moore_offsets(ndim: int) -> np.ndarray:
     """Coordinate offsets of the Moore neighbourhood (8 in 2-D, 26 in 3-D), shape ``(K, ndim)``, int64."""
     offs = [o for o in itertools.product((-1, 0, 1), repeat=ndim) if any(o)]
     return np.asarray(offs, dtype=np.int64)
+
+
+def cube_offsets(ndim: int, radius: int) -> np.ndarray:
+    """Offsets of the cube of half-width ``radius`` (the centre included), shape ``((2r+1)**ndim, ndim)``."""
+    r = int(radius)
+    return np.asarray(list(itertools.product(range(-r, r + 1), repeat=ndim)), dtype=np.int64).reshape(-1, ndim)
+
+
+def window_sum_at(values, voxels, shape, offsets):
+    """Sum of ``values`` over the window ``offsets`` around each of ``voxels`` (voxels outside count 0).
+
+    Cheaper than :func:`box_sum` over the whole lattice when only a few voxels are asked about.
+
+    Parameters
+    ----------
+    values : array, shape ``(size,)``
+        Flat per-voxel values.
+    voxels : int array, shape ``(N,)``
+        Flat voxel indices to evaluate.
+    shape : tuple of int
+        Lattice shape.
+    offsets : int array, shape ``(K, ndim)``
+        Window offsets (e.g. :func:`cube_offsets`), on the same backend as ``voxels``.
+
+    Returns
+    -------
+    array, shape ``(N,)``
+    """
+    xp = array_namespace(values, voxels)
+    flat, inside = neighbours(voxels, shape, offsets)
+    return xp.where(inside, values[flat], 0).sum(axis=1)
 
 
 def neighbours(voxels, shape, offsets):
@@ -41,14 +81,17 @@ def neighbours(voxels, shape, offsets):
         True where the neighbour lies inside the lattice.
     """
     xp = array_namespace(voxels, offsets)
-    coords = xp.stack(xp.unravel_index(voxels, shape), axis=1)  # (N, ndim)
-    nbr = coords[:, None, :] + offsets[None, :, :]  # (N, K, ndim)
-    inside = xp.ones(nbr.shape[:2], dtype=bool)
-    flat = xp.zeros(nbr.shape[:2], dtype=np.int64)
+    # Work on flat indices: one coordinate per axis per voxel (N), never an (N, K, ndim) array.
+    strides = np.cumprod((1,) + tuple(int(n) for n in shape[:0:-1]))[::-1].copy()  # C-order strides
+    flat = voxels[:, None] + (offsets * xp.asarray(strides)).sum(axis=1)[None, :]
+    inside = None
+    rest = voxels
     for axis, n in enumerate(shape):
-        c = nbr[:, :, axis]
-        inside &= (c >= 0) & (c < n)
-        flat = flat * n + xp.clip(c, 0, n - 1)
+        coord = rest // int(strides[axis])
+        rest = rest - coord * int(strides[axis])
+        c = coord[:, None] + offsets[None, :, axis]
+        ok = (c >= 0) & (c < n)
+        inside = ok if inside is None else inside & ok
     flat = xp.where(inside, flat, 0)
     return flat, inside
 
@@ -134,7 +177,8 @@ def box_sum(grid, radius: int):
     """Sum of ``grid`` over the cube of half-width ``radius`` voxels around each voxel (zero outside).
 
     Separable: one 1-D window sum per axis, by shifted slices for small radii and by cumulative sums for large
-    ones, so the cost never grows faster than the radius. Boolean and integer grids are summed exactly in int64.
+    ones, so the cost never grows faster than the radius. Boolean and integer grids (counts below 2**31) are
+    summed exactly in int32.
 
     Parameters
     ----------
@@ -149,20 +193,20 @@ def box_sum(grid, radius: int):
     """
     xp = array_namespace(grid)
     exact = grid.dtype == bool or np.issubdtype(np.dtype(str(grid.dtype)), np.integer)
-    out = grid.astype(np.int64 if exact else np.float64)
+    out = grid.astype(np.int32 if exact else np.float64)
     r = int(radius)
     for axis in range(out.ndim if r > 0 else 0):
         n = out.shape[axis]
         widths = [(0, 0)] * out.ndim
         sl = [slice(None)] * out.ndim
         if r <= 4:
-            widths[axis] = (r, r)
-            padded = xp.pad(out, widths)
-            sl[axis] = slice(0, n)
-            acc = padded[tuple(sl)].copy()
-            for k in range(1, 2 * r + 1):
-                sl[axis] = slice(k, k + n)
-                acc += padded[tuple(sl)]
+            acc = out.copy()
+            for k in range(1, min(r, n - 1) + 1):
+                dst, src = list(sl), list(sl)
+                dst[axis], src[axis] = slice(k, None), slice(0, n - k)
+                acc[tuple(dst)] += out[tuple(src)]
+                dst[axis], src[axis] = slice(0, n - k), slice(k, None)
+                acc[tuple(dst)] += out[tuple(src)]
             out = acc
         else:
             # Pad r zeros on both sides and one leading zero: each window sum is a difference of two slices.

@@ -67,14 +67,18 @@ def ecm_remodelling(sim, rng) -> None:
         w = xp.concatenate([xp.ones((len(c), 1), dtype=bool), inside], axis=1).astype(np.float64)
         w = w * c["activation"].astype(np.float64)[:, None]
         drive = scatter_count(flat.reshape(-1), sim.size, weights=w.reshape(-1))
-        gain = probability(cfg.immune.caf.ecm_deposition_per_min * drive, sim.dt_min, xp)
-        ecm += ((1.0 - ecm) * gain).astype(ecm.dtype)
-    mmp = xp.zeros(sim.size, dtype=np.float64)
-    mmp[sim.tumour["voxel"]] += cfg.tumour.ecm_degradation_per_min
+        touched = xp.nonzero(drive)[0]
+        gain = probability(cfg.immune.caf.ecm_deposition_per_min * drive[touched], sim.dt_min, xp)
+        ecm[touched] += ((1.0 - ecm[touched]) * gain).astype(ecm.dtype)
+    # MMP degradation only where tumour cells (one per voxel) and macrophages sit.
+    tumour_vox = sim.tumour["voxel"]
+    ecm[tumour_vox] *= ecm.dtype.type(np.exp(-cfg.tumour.ecm_degradation_per_min * sim.dt_min))
     m = sim.agents["macrophage"]
     if len(m):
-        mmp += scatter_count(m["voxel"], sim.size) * cfg.immune.macrophage.ecm_degradation_per_min
-    ecm *= xp.exp(-mmp * sim.dt_min).astype(ecm.dtype)
+        n_mac = scatter_count(m["voxel"], sim.size)
+        vox = xp.nonzero(n_mac)[0]
+        rate = n_mac[vox] * cfg.immune.macrophage.ecm_degradation_per_min
+        ecm[vox] *= xp.exp(-rate * sim.dt_min).astype(ecm.dtype)
 
 
 RULES = {r.name: r for r in (caf_secretion, caf_activation, ecm_remodelling)}

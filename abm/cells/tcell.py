@@ -105,8 +105,8 @@ def suppression_components(sim, voxels, target_pdl1, exhaustion) -> dict:
     else:
         out["hypoxia"] = zero
     if res.suppressive_cells:
-        n_m2 = sim.suppressor_counts("m2")[voxels]
-        n_treg = sim.suppressor_counts("treg")[voxels]
+        n_m2 = sim.suppressor_counts("m2", voxels)
+        n_treg = sim.suppressor_counts("treg", voxels)
         out["m2"] = 1.0 - (1.0 - p.m2_suppression) ** n_m2
         out["treg"] = 1.0 - (1.0 - p.treg_suppression) ** n_treg
     else:
@@ -142,7 +142,7 @@ def tcell_kill(sim, rng) -> None:
     tum = sim.tumour
     pdl1 = tum["pdl1"][target].astype(np.float64)
     if cfg.resistance.suppressive_cells and cfg.immune.macrophage.m2_pdl1 > 0:
-        pdl1 = xp.minimum(1.0, pdl1 + cfg.immune.macrophage.m2_pdl1 * sim.m2_neighbour_counts()[here])
+        pdl1 = xp.minimum(1.0, pdl1 + cfg.immune.macrophage.m2_pdl1 * sim.m2_neighbour_counts(here))
     exhaustion = t["exhaustion"][rows].astype(np.float64)
     parts = suppression_components(sim, here, pdl1, exhaustion)
     keep = xp.ones(rows.shape[0], dtype=np.float64)
