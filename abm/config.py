@@ -677,6 +677,19 @@ class VesselsConfig(_Section):
     exclude_tumour: bool = Field(
         default=True, description="Keep random vessels out of the initial tumour (an avascular nodule)."
     )
+    angiogenesis: bool = Field(
+        default=False,
+        description="VEGF-driven sprouting: a free tissue voxel next to a vessel becomes a vessel at rate "
+        "angiogenesis_rate_per_min x VEGF/(VEGF + angiogenesis_vegf_half_max). Needs immune.enabled (VEGF field).",
+    )
+    angiogenesis_rate_per_min: NonNegative = Field(
+        default=1.0e-4,
+        description="Maximal sprouting rate of a free voxel adjacent to a vessel, 1/min. Model choice: new "
+        "capillaries extend by tens of µm per day.",
+    )
+    angiogenesis_vegf_half_max: Positive = Field(
+        default=0.5, description="VEGF of half-maximal sprouting, ng/mL. Model choice."
+    )
 
 
 class InitialTumourConfig(_Section):

@@ -29,6 +29,7 @@ from abm.cells import tcell as tcell_mod
 from abm.cells import tumour as tumour_mod
 from abm.config import Config
 from abm.fields import DiffusingField, face_boundaries
+from abm.rules import rule
 from kernels.lattice import (
     box_sum,
     cube_offsets,
@@ -68,6 +69,8 @@ class Intents:
         Per immune agent type, rows that want to move and the voxel each wants.
     recruits : dict of str to list of (voxels, columns)
         Per immune agent type, voxels where a new cell wants to enter and its non-voxel column values.
+    sprouts : list of int arrays
+        Free voxels that become vessels (angiogenesis).
     """
 
     xp: object
@@ -76,6 +79,7 @@ class Intents:
     cleared: list = field(default_factory=list)
     moves: dict = field(default_factory=dict)
     recruits: dict = field(default_factory=dict)
+    sprouts: list = field(default_factory=list)
 
     def move(self, agent_type: str, rows, targets) -> None:
         """Record that agents ``rows`` want to move to voxels ``targets`` (immune layer)."""
@@ -99,6 +103,23 @@ class Intents:
     def clear_necrotic(self, voxels) -> None:
         """Record necrotic voxels to free."""
         self.cleared.append(voxels)
+
+
+@rule("angiogenesis", "behaviour")
+def _angiogenesis(sim, rng) -> None:
+    """Record VEGF-driven sprouting: free tissue voxels next to a vessel become vessels (``vessels.angiogenesis``).
+
+    Rate ``r VEGF/(VEGF + K)`` per free voxel with a vessel in its Moore neighbourhood.
+    """
+    xp, vs = sim.xp, sim.config.vessels
+    near = box_sum(sim.vessels, 1).reshape(-1) > 0.5
+    candidates = xp.nonzero(near & (sim.tissue.reshape(-1) == sim.FREE))[0]
+    if candidates.shape[0] == 0:
+        return
+    vegf = sim.fields["vegf"].data.reshape(-1)[candidates].astype(np.float64)
+    rate = vs.angiogenesis_rate_per_min * vegf / (vegf + vs.angiogenesis_vegf_half_max)
+    sprout = rng.random(candidates.shape[0]) < 1.0 - xp.exp(-rate * sim.dt_min)
+    sim.intents.sprouts.append(candidates[sprout])
 
 
 class Simulation:
@@ -229,6 +250,8 @@ class Simulation:
         self.rules += [caf_mod.RULES[n] for n in im.caf.rules]
         self.rules += [macrophage_mod.RULES[n] for n in im.macrophage.rules]
         self.rules += [tcell_mod.RULES[n] for n in im.tcell.rules]
+        if cfg.vessels.angiogenesis:
+            self.rules.append(_angiogenesis)
         self.priming = float(im.priming_initial)
 
     def _large_molecule_fields(self) -> list[str]:
@@ -452,6 +475,16 @@ class Simulation:
             cleared = xp.asarray(vox.shape[0], dtype=np.int64)
         ev["necrotic_cleared"] = cleared
         if self.immune_enabled:
+            ev["vessels_sprouted"] = xp.zeros((), dtype=np.int64)
+            if self.intents.sprouts:
+                vox = xp.unique(xp.concatenate(self.intents.sprouts))
+                taken = xp.zeros(self.size, dtype=bool)
+                taken[cells["voxel"]] = True  # a daughter placed this step keeps its voxel
+                vox = vox[~taken[vox]]
+                self.vessels.reshape(-1)[vox] = True
+                ev["vessels_sprouted"] = xp.asarray(vox.shape[0], dtype=np.int64)
+                if vox.shape[0]:
+                    self._on_vessels_changed()
             self._commit_immune(ev)
         self._events = ev
 
@@ -614,7 +647,9 @@ class Simulation:
         out.setdefault("tumour_killed_by_tcell", 0.0)
         out.setdefault("tumour_killed_by_macrophage", 0.0)
         out.setdefault("antigen_released", 0.0)
-        for k in ("tcell_deaths", "macrophage_deaths", "tcell_recruited", "treg_recruited", "macrophage_recruited"):
+        out["vessel_voxels"] = float(self._vessel_voxels.shape[0])
+        for k in ("tcell_deaths", "macrophage_deaths", "tcell_recruited", "treg_recruited", "macrophage_recruited",
+                  "vessels_sprouted"):
             out.setdefault(k, 0.0)
         out["kills"] = out["tumour_killed_by_tcell"] + out["tumour_killed_by_macrophage"]
         out["exhausted_fraction"] = out["tcell_exhausted"] / out["tcell_effector"] if out["tcell_effector"] else 0.0

@@ -362,3 +362,23 @@ def test_scenario_configs_reach_their_immune_phenotype(name, code):
         for _ in range(open_cfg.n_steps):
             sim.step()
         assert sim.metrics()["immune_phenotype_code"] == PHENOTYPE_CODES["inflamed"]
+
+
+def test_angiogenesis_is_off_by_default_and_follows_vegf():
+    base = {"vessels": {"pattern": "random", "density": 0.02},
+            "fields": {"vegf": {"decay_per_min": 0.0, "boundary": {"default": "noflux"}}},
+            "immune": {"tcell": {"rules": []}}}
+    grown = {}
+    for vegf, on in ((2.0, True), (0.0, True), (2.0, False)):
+        sim = arena(merge(base, {"vessels": {"angiogenesis": on, "angiogenesis_rate_per_min": 1e-3},
+                                 "fields": {"vegf": {"initial": vegf}}}))
+        n0 = int(np.count_nonzero(np.asarray(sim.vessels)))
+        total = 0
+        for _ in range(50):
+            sim.step()
+            total += int(sim.metrics()["vessels_sprouted"])
+        assert int(np.count_nonzero(np.asarray(sim.vessels))) == n0 + total
+        assert not np.any(np.asarray(sim.vessels).reshape(-1)[np.asarray(sim.tumour["voxel"])])
+        grown[(vegf, on)] = total
+    assert grown[(2.0, True)] > 20 and grown[(0.0, True)] < 0.2 * grown[(2.0, True)] and grown[(2.0, False)] == 0
+    assert parse_config({}).vessels.angiogenesis is False
