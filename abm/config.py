@@ -767,6 +767,8 @@ class Config(_Section):
                 raise ValueError(
                     f"vessels.positions[{i}] = {pos} is not a voxel of the {ndim}-D grid of shape {self.grid.shape}"
                 )
+        if self.vessels.angiogenesis and not self.immune.enabled:
+            raise ValueError("vessels.angiogenesis needs the VEGF field: set immune.enabled = true")
         c = self.initial.tumour.center_um
         if c is not None and len(c) != ndim:
             raise ValueError(f"initial.tumour.center_um has {len(c)} coordinates, the grid is {ndim}-D")

@@ -382,3 +382,23 @@ def test_angiogenesis_is_off_by_default_and_follows_vegf():
         grown[(vegf, on)] = total
     assert grown[(2.0, True)] > 20 and grown[(0.0, True)] < 0.2 * grown[(2.0, True)] and grown[(2.0, False)] == 0
     assert parse_config({}).vessels.angiogenesis is False
+
+
+def test_immune_layer_runs_and_conserves_on_every_backend(backend_name):
+    sim = Simulation(parse_config(merge(FULL, {"backend": backend_name, "vessels": {"angiogenesis": True}})))
+    prev = sim.metrics()
+    for _ in range(20):
+        sim.step()
+        m = sim.metrics()
+        t_prev = prev["tcell_effector"] + prev["tcell_treg"]
+        assert m["tcell_effector"] + m["tcell_treg"] == t_prev + m["tcell_recruited"] + m["treg_recruited"] - m[
+            "tcell_deaths"]
+        prev = m
+    assert m["tcell_effector"] > 0 and 0 <= m["immune_phenotype_code"] <= 3
+
+
+def test_angiogenesis_needs_the_immune_layer():
+    from abm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="angiogenesis needs the VEGF field"):
+        parse_config({"vessels": {"angiogenesis": True}})
