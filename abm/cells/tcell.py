@@ -69,7 +69,7 @@ def tcell_secretion(sim, rng) -> None:
 @rule("tcell_recruitment", "behaviour")
 def tcell_recruitment(sim, rng) -> None:
     """Record effector and Treg recruitment at vessel voxels (priming and chemokine dependent)."""
-    xp, p = sim.xp, sim.config.immune.tcell
+    p = sim.config.immune.tcell
     if sim.vessel_voxels.shape[0] == 0:
         return
     c = sim.fields["chemokine"].data.reshape(-1)[sim.vessel_voxels].astype(np.float64)
@@ -78,7 +78,6 @@ def tcell_recruitment(sim, rng) -> None:
     if p.treg_recruitment_per_min > 0:
         record_recruitment(sim, "tcell", p.treg_recruitment_per_min * drive, sim.rng("treg_recruitment"),
                            is_treg=True, **NEW_CELL)
-    del xp
 
 
 def suppression_components(sim, voxels, target_pdl1, exhaustion) -> dict:
@@ -181,7 +180,7 @@ def tcell_move(sim, rng) -> None:
 @rule("tcell_death", "behaviour")
 def tcell_death(sim, rng) -> None:
     """Record deaths at the end of the lifespan (rate 1/lifespan) and after the maximal number of kills."""
-    xp, p = sim.xp, sim.config.immune.tcell
+    p = sim.config.immune.tcell
     t = sim.agents["tcell"]
     n = len(t)
     if n == 0:
@@ -190,7 +189,6 @@ def tcell_death(sim, rng) -> None:
     old = rng.random(n) < float(probability(1.0 / p.lifespan_min, sim.dt_min, np))
     sim.intents.kill("tcell", old, DEATH_LIFESPAN)
     sim.intents.kill("tcell", t["kills"] >= p.max_kills, DEATH_KILL_LIMIT)
-    del xp
 
 
 RULES = {r.name: r for r in (tcell_secretion, tcell_recruitment, tcell_kill, tcell_move, tcell_death)}
