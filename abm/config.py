@@ -585,8 +585,9 @@ class ECMConfig(_Section):
     initial_tumour: Fraction = Field(default=0.0, description="Initial ECM density inside the nodule.")
     motility_block: Fraction = Field(
         default=0.95,
-        description="Immune motility is multiplied by 1 - motility_block x ECM. Dense stroma leaves ~0.05 of the "
-        "motility (Kather 2017 stroma permeability is 0.0005-0.0025 per lattice move).",
+        description="Immune motility is multiplied by 1 - motility_block x ECM (dimensionless). Model choice: "
+        "fully dense ECM leaves 5 % of the motility, milder than Kather 2017's stroma permeability of "
+        "0.0005-0.0025 per lattice move (motility_block 0.998-0.9995), so T cells still reach the margin in days.",
     )
     diffusion_hindrance: Fraction = Field(
         default=0.85,
