@@ -23,14 +23,33 @@ import numpy as np
 
 from abm.agents import AgentTable
 from abm.backend import Backend, get_backend
+from abm.cells import caf as caf_mod
+from abm.cells import macrophage as macrophage_mod
+from abm.cells import tcell as tcell_mod
 from abm.cells import tumour as tumour_mod
 from abm.config import Config
 from abm.fields import DiffusingField, face_boundaries
-from kernels.lattice import moore_offsets, resolve_conflicts
+from abm.rules import rule
+from kernels.lattice import (
+    box_sum,
+    cube_offsets,
+    moore_offsets,
+    resolve_capacity,
+    resolve_conflicts,
+    scatter_count,
+    window_sum_at,
+)
 
 __all__ = ["Simulation"]
 
 _INITIAL_STREAM = 1
+_INITIAL_IMMUNE_STREAM = 3
+
+#: Diffusing fields of the immune/stromal layer (config sections under ``[fields]``).
+IMMUNE_FIELDS = ("chemokine", "ifng", "tgfb", "vegf", "cxcl12")
+
+#: Immune-phenotype codes stored in the ``immune_phenotype_code`` time series.
+PHENOTYPE_CODES = {"no_tumour": 0, "inflamed": 1, "excluded": 2, "desert": 3}
 
 
 @dataclass
@@ -46,12 +65,29 @@ class Intents:
         Per agent type, row indices of dividing agents and the voxel each daughter wants.
     cleared : list of int arrays
         Necrotic voxels (flat indices) to free.
+    moves : dict of str to list of (rows, targets)
+        Per immune agent type, rows that want to move and the voxel each wants.
+    recruits : dict of str to list of (voxels, columns)
+        Per immune agent type, voxels where a new cell wants to enter and its non-voxel column values.
+    sprouts : list of int arrays
+        Free voxels that become vessels (angiogenesis).
     """
 
     xp: object
     death_cause: dict = field(default_factory=dict)
     divisions: dict = field(default_factory=dict)
     cleared: list = field(default_factory=list)
+    moves: dict = field(default_factory=dict)
+    recruits: dict = field(default_factory=dict)
+    sprouts: list = field(default_factory=list)
+
+    def move(self, agent_type: str, rows, targets) -> None:
+        """Record that agents ``rows`` want to move to voxels ``targets`` (immune layer)."""
+        self.moves.setdefault(agent_type, []).append((rows, targets))
+
+    def recruit(self, agent_type: str, voxels, columns: dict) -> None:
+        """Record new agents wanting to enter at ``voxels`` with scalar column values ``columns``."""
+        self.recruits.setdefault(agent_type, []).append((voxels, columns))
 
     def kill(self, agent_type: str, mask, cause: int) -> None:
         """Mark the agents where ``mask`` is true as dying of ``cause``."""
@@ -67,6 +103,23 @@ class Intents:
     def clear_necrotic(self, voxels) -> None:
         """Record necrotic voxels to free."""
         self.cleared.append(voxels)
+
+
+@rule("angiogenesis", "behaviour")
+def _angiogenesis(sim, rng) -> None:
+    """Record VEGF-driven sprouting: free tissue voxels next to a vessel become vessels (``vessels.angiogenesis``).
+
+    Rate ``r VEGF/(VEGF + K)`` per free voxel with a vessel in its Moore neighbourhood.
+    """
+    xp, vs = sim.xp, sim.config.vessels
+    near = box_sum(sim.vessels, 1).reshape(-1) > 0.5
+    candidates = xp.nonzero(near & (sim.tissue.reshape(-1) == sim.FREE))[0]
+    if candidates.shape[0] == 0:
+        return
+    vegf = sim.fields["vegf"].data.reshape(-1)[candidates].astype(np.float64)
+    rate = vs.angiogenesis_rate_per_min * vegf / (vegf + vs.angiogenesis_vegf_half_max)
+    sprout = rng.random(candidates.shape[0]) < 1.0 - xp.exp(-rate * sim.dt_min)
+    sim.intents.sprouts.append(candidates[sprout])
 
 
 class Simulation:
@@ -86,6 +139,7 @@ class Simulation:
     TUMOUR = 1
     NECROTIC = 2
     VESSEL = 3
+    CAF = 4
 
     def __init__(self, config: Config, backend: Backend | None = None, initialise: bool = True):
         self.config = config
@@ -114,8 +168,18 @@ class Simulation:
         self.vessels = xp.zeros(self.shape, dtype=bool)
         self.tissue = xp.zeros(self.shape, dtype=np.uint8)
         self.rules = [tumour_mod.RULES[name] for name in config.tumour.rules]
+        self.tumour_death_codes = {"tcell": tumour_mod.DEATH_KILLED_TCELL,
+                                   "macrophage": tumour_mod.DEATH_KILLED_MACROPHAGE}
+        self.immune_enabled = config.immune.enabled
+        self.ecm = xp.zeros(self.shape, dtype=self.dtype)  # ECM density 0..1 (immune/stromal layer only)
+        self.ecm_factors = None  # the ECM the large-molecule diffusivities were last built from
+        self.priming = 0.0
+        self.immune_occupancy = xp.zeros(self.shape, dtype=np.int32)
+        if self.immune_enabled:
+            self._init_immune_layer()
         self.intents = Intents(xp)
         self._events = {}
+        self._cache = {}
         self._vessel_supply = self._vessel_source = None
         if initialise:
             self._seed_initial_condition()
@@ -163,13 +227,151 @@ class Simulation:
         voxels = xp.nonzero(seeded)[0].astype(np.int64)
         n = voxels.shape[0]
         self.tumour.append(
-            voxel=voxels, generation=xp.zeros(n, dtype=np.int32), quiescent=xp.zeros(n, dtype=bool)
+            voxel=voxels, generation=xp.zeros(n, dtype=np.int32), quiescent=xp.zeros(n, dtype=bool),
+            antigenicity=xp.full(n, cfg.tumour.antigenicity_initial), pdl1=xp.full(n, cfg.tumour.pdl1_baseline),
         )
+        if self.immune_enabled:
+            self._seed_immune_layer(in_tumour, xp.sqrt(r2).reshape(-1), vessels)
+
+    def _init_immune_layer(self) -> None:
+        """Fields, agent tables and rules of the immune/stromal layer (``immune.enabled``)."""
+        xp, cfg = self.xp, self.config
+        for name in IMMUNE_FIELDS:
+            fc = getattr(cfg.fields, name)
+            bc = face_boundaries(self.ndim, fc.boundary.default, fc.boundary.value, fc.boundary.faces)
+            self.fields[name] = DiffusingField(
+                name, fc.unit, xp, self.shape, self.spacing_um, self.dt_min, fc.diffusivity_um2_per_min,
+                fc.decay_per_min, bc, fc.initial, self.dtype, fc.substeps,
+            )
+        self.agents["tcell"] = AgentTable(xp, tcell_mod.COLUMNS)
+        self.agents["macrophage"] = AgentTable(xp, macrophage_mod.COLUMNS)
+        self.agents["caf"] = AgentTable(xp, caf_mod.COLUMNS)
+        im = cfg.immune
+        self.rules += [caf_mod.RULES[n] for n in im.caf.rules]
+        self.rules += [macrophage_mod.RULES[n] for n in im.macrophage.rules]
+        self.rules += [tcell_mod.RULES[n] for n in im.tcell.rules]
+        if cfg.vessels.angiogenesis:
+            self.rules.append(_angiogenesis)
+        self.priming = float(im.priming_initial)
+
+    def _large_molecule_fields(self) -> list[str]:
+        return [n for n in IMMUNE_FIELDS if n in self.fields and getattr(self.config.fields, n).large_molecule]
+
+    def _update_large_molecule_diffusivity(self, force: bool = False) -> None:
+        """Rebuild the ECM-hindered diffusivity of large-molecule fields when the ECM changed meaningfully.
+
+        Called every ``immune.ecm.update_every_steps`` steps; building the factors costs about one LOD step.
+        """
+        names = self._large_molecule_fields()
+        if not names:
+            return
+        xp = self.xp
+        if not force and self.ecm_factors is not None:
+            if float(xp.abs(self.ecm - self.ecm_factors).max()) < 0.01:
+                return
+        self.ecm_factors = self.ecm.copy()
+        self._apply_large_molecule_diffusivity()
+
+    def _apply_large_molecule_diffusivity(self) -> None:
+        cfg = self.config
+        for name in self._large_molecule_fields():
+            d0 = getattr(cfg.fields, name).diffusivity_um2_per_min
+            if cfg.resistance.stromal_exclusion:
+                d = d0 * (1.0 - cfg.immune.ecm.diffusion_hindrance * self.ecm_factors.astype(np.float64))
+                self.fields[name].set_diffusivity(d)
+            else:
+                self.fields[name].set_diffusivity(d0)
+
+    def _seed_immune_layer(self, in_tumour, r_um, vessels) -> None:
+        xp, cfg = self.xp, self.config
+        im = cfg.immune
+        rng = self.backend.random(cfg.seed, 0, _INITIAL_IMMUNE_STREAM)
+        n = len(self.tumour)
+        p = cfg.tumour
+        self.tumour["antigenicity"] = xp.clip(p.antigenicity_initial + p.antigenicity_spread * rng.normal(n), 0, 1)
+        radius = cfg.initial.tumour.radius_um
+        ring = (r_um > radius + im.caf.stroma_inner_um) & (r_um <= radius + im.caf.stroma_inner_um
+                                                           + im.caf.stroma_width_um)
+        ring &= ~in_tumour & ~vessels
+        u_caf, u_mac = rng.random(self.size), rng.random(self.size)
+        caf_vox = xp.nonzero(ring & (u_caf < im.caf.stroma_density))[0].astype(np.int64)
+        k = caf_vox.shape[0]
+        self.agents["caf"].append(voxel=caf_vox, activation=xp.full(k, im.caf.initial_activation))
+        mac_vox = xp.nonzero(ring & (u_mac < im.initial_macrophages))[0].astype(np.int64)
+        k = mac_vox.shape[0]
+        self.agents["macrophage"].append(voxel=mac_vox, state=xp.zeros(k, dtype=np.int8), age_min=xp.zeros(k))
+        ecm = xp.where(in_tumour, im.ecm.initial_tumour, im.ecm.initial_stroma)
+        self.ecm = ecm.reshape(self.shape).astype(self.dtype)
+        self._update_large_molecule_diffusivity(force=True)
+
+    @property
+    def vessel_voxels(self):
+        """Flat indices of the vessel voxels (int64, shape ``(V,)``)."""
+        return self._vessel_voxels
+
+    def vessel_perfusion(self, voxels=None):
+        """Perfusion factor (0..1] of vessel voxels: ``1 / (1 + VEGF/K)`` with abnormal vasculature, else 1.
+
+        Parameters
+        ----------
+        voxels : int array, optional
+            Flat voxel indices; default :attr:`vessel_voxels`.
+        """
+        xp = self.xp
+        voxels = self._vessel_voxels if voxels is None else voxels
+        if not (self.immune_enabled and self.config.resistance.abnormal_vasculature):
+            return xp.ones(voxels.shape[0], dtype=np.float64)
+        vegf = self.fields["vegf"].data.reshape(-1)[voxels].astype(np.float64)
+        return 1.0 / (1.0 + vegf / self.config.immune.vessel_abnormality_vegf_half_max)
+
+    def suppressor_counts(self, kind: str, voxels):
+        """Number of M2 macrophages (``"m2"``) or Tregs (``"treg"``) within the suppression radius of ``voxels``.
+
+        Parameters
+        ----------
+        kind : {"m2", "treg"}
+        voxels : int array, shape ``(N,)``
+            Flat voxel indices.
+
+        Returns
+        -------
+        float64 array, shape ``(N,)``
+            Counts over the cube of half-width ``round(suppression_radius_um / dx)`` voxels.
+        """
+        xp = self.xp
+        grid = self._counts_grid(kind)
+        if grid is None:  # none present: common, and saves the gathers
+            return xp.zeros(voxels.shape[0], dtype=np.float64)
+        radius = int(round(self.config.immune.tcell.suppression_radius_um / self.spacing_um))
+        offsets = xp.asarray(cube_offsets(self.ndim, radius))
+        return window_sum_at(grid, voxels, self.shape, offsets).astype(np.float64)
+
+    def m2_neighbour_counts(self, voxels):
+        """Number of M2 macrophages in the Moore neighbourhood of ``voxels`` (the voxel included), float64."""
+        xp = self.xp
+        grid = self._counts_grid("m2")
+        if grid is None:
+            return xp.zeros(voxels.shape[0], dtype=np.float64)
+        return window_sum_at(grid, voxels, self.shape, xp.asarray(cube_offsets(self.ndim, 1))).astype(np.float64)
+
+    def _counts_grid(self, kind: str):
+        """Per-voxel counts of M2 macrophages or Tregs (flat int32), or None when there are none (cached)."""
+        key = f"count_{kind}"
+        if key not in self._cache:
+            if kind == "m2":
+                m = self.agents["macrophage"]
+                vox = m["voxel"][m["state"] == macrophage_mod.M2]
+            else:
+                t = self.agents["tcell"]
+                vox = t["voxel"][t["is_treg"]]
+            self._cache[key] = scatter_count(vox, self.size, dtype=np.int32) if vox.shape[0] else None
+        return self._cache[key]
 
     def _on_vessels_changed(self) -> None:
         ox = self.config.fields.oxygen
         self._vessel_supply = self.vessels.astype(self.dtype) * self.dtype.type(ox.vessel_supply_per_min)
         self._vessel_source = self._vessel_supply * self.dtype.type(ox.blood_mmHg)
+        self._vessel_voxels = self.xp.nonzero(self.vessels.reshape(-1))[0].astype(np.int64)
 
     def _rebuild_tissue(self) -> None:
         t = self.tissue
@@ -177,6 +379,16 @@ class Simulation:
         t[self.vessels] = self.VESSEL
         t[self.necrotic] = self.NECROTIC
         t.reshape(-1)[self.tumour["voxel"]] = self.TUMOUR
+        self._cache = {}
+        if self.immune_enabled:
+            xp = self.xp
+            t.reshape(-1)[self.agents["caf"]["voxel"]] = self.CAF
+            row = xp.full(self.size, -1, dtype=np.int64)
+            row[self.tumour["voxel"]] = xp.arange(len(self.tumour), dtype=np.int64)
+            self.tumour_row = row
+            occ = scatter_count(self.agents["tcell"]["voxel"], self.size, dtype=np.int32)
+            occ += scatter_count(self.agents["macrophage"]["voxel"], self.size, dtype=np.int32)
+            self.immune_occupancy = occ.reshape(self.shape)
 
     # ----------------------------------------------------------------------------------------------------------
     # The schedule
@@ -192,8 +404,15 @@ class Simulation:
             if r.phase == "exchange":
                 r.fn(self, self.rng(r.name))
         oxygen = self.fields["oxygen"]
-        oxygen.sink += self._vessel_supply
-        oxygen.source += self._vessel_source
+        if self.immune_enabled and self.config.resistance.abnormal_vasculature:
+            perfusion = xp.ones(self.size, dtype=self.dtype)
+            perfusion[self._vessel_voxels] = self.vessel_perfusion().astype(self.dtype)
+            perfusion = perfusion.reshape(self.shape)
+            oxygen.sink += self._vessel_supply * perfusion
+            oxygen.source += self._vessel_source * perfusion
+        else:
+            oxygen.sink += self._vessel_supply
+            oxygen.source += self._vessel_source
         for f in self.fields.values():
             f.advance()
 
@@ -203,6 +422,8 @@ class Simulation:
 
         self._commit()
         self.step_index += 1
+        if self.immune_enabled and self.step_index % self.config.immune.ecm.update_every_steps == 0:
+            self._update_large_molecule_diffusivity()
 
     def _commit(self) -> None:
         """Apply the step's intents: deaths, then births (random-priority conflicts), then clearance."""
@@ -213,6 +434,10 @@ class Simulation:
             "tumour_deaths_apoptosis": xp.count_nonzero(cause == tumour_mod.DEATH_APOPTOSIS),
             "tumour_deaths_necrosis": xp.count_nonzero(cause == tumour_mod.DEATH_NECROSIS),
         }
+        if self.immune_enabled:
+            ev["tumour_killed_by_tcell"] = xp.count_nonzero(cause == tumour_mod.DEATH_KILLED_TCELL)
+            ev["tumour_killed_by_macrophage"] = xp.count_nonzero(cause == tumour_mod.DEATH_KILLED_MACROPHAGE)
+            ev["antigen_released"] = cells["antigenicity"][cause > 0].astype(np.float64).sum()
         necrotic_now = cells["voxel"][cause == tumour_mod.DEATH_NECROSIS]
         self.necrotic.reshape(-1)[necrotic_now] = True
 
@@ -232,6 +457,9 @@ class Simulation:
                 gen[parents] += 1
                 daughters = cells.take(parents)
                 daughters["voxel"] = targets
+                if self.immune_enabled:
+                    daughters["antigenicity"] = tumour_mod.mutate_antigenicity(
+                        self, daughters["antigenicity"], self.rng("antigen_mutation"))
                 cells.keep(cause == 0)
                 cells.append(**daughters)
             else:
@@ -246,7 +474,70 @@ class Simulation:
             self.necrotic.reshape(-1)[vox] = False
             cleared = xp.asarray(vox.shape[0], dtype=np.int64)
         ev["necrotic_cleared"] = cleared
+        if self.immune_enabled:
+            ev["vessels_sprouted"] = xp.zeros((), dtype=np.int64)
+            if self.intents.sprouts:
+                vox = xp.unique(xp.concatenate(self.intents.sprouts))
+                taken = xp.zeros(self.size, dtype=bool)
+                taken[cells["voxel"]] = True  # a daughter placed this step keeps its voxel
+                vox = vox[~taken[vox]]
+                self.vessels.reshape(-1)[vox] = True
+                ev["vessels_sprouted"] = xp.asarray(vox.shape[0], dtype=np.int64)
+                if vox.shape[0]:
+                    self._on_vessels_changed()
+            self._commit_immune(ev)
         self._events = ev
+
+    def _commit_immune(self, ev: dict) -> None:
+        """Immune layer: moves (random priority against free places), deaths, recruitment, priming."""
+        xp = self.xp
+        cap = self.config.immune.immune_capacity
+        kinds = ("tcell", "macrophage")
+        tables = {k: self.agents[k] for k in kinds}
+        occupancy = xp.zeros(self.size, dtype=np.int64)
+        for t in tables.values():
+            occupancy += scatter_count(t["voxel"], self.size, dtype=np.int64)
+        # Moves: every current occupant holds its place this step, so a voxel never overfills.
+        requests = [(k, r, tg) for k in kinds for r, tg in self.intents.moves.get(k, [])]
+        if requests:
+            targets = xp.concatenate([tg for _, _, tg in requests])
+            won = resolve_capacity(targets, self.rng("immune_moves").random(targets.shape[0]), cap - occupancy)
+            start = 0
+            for k, rows, tg in requests:
+                w = won[start:start + rows.shape[0]]
+                start += rows.shape[0]
+                vox = tables[k]["voxel"]
+                vox[rows[w]] = tg[w]
+        # Deaths.
+        for k, t in tables.items():
+            cause = self.intents.death_cause[k]
+            ev[f"{k}_deaths"] = xp.count_nonzero(cause)
+            t.keep(cause == 0)
+        # Recruitment at vessel voxels against the places left.
+        occupancy = xp.zeros(self.size, dtype=np.int64)
+        for t in tables.values():
+            occupancy += scatter_count(t["voxel"], self.size, dtype=np.int64)
+        requests = [(k, v, c) for k in kinds for v, c in self.intents.recruits.get(k, [])]
+        ev["tcell_recruited"] = ev["treg_recruited"] = ev["macrophage_recruited"] = xp.zeros((), dtype=np.int64)
+        if requests:
+            voxels = xp.concatenate([v for _, v, _ in requests])
+            won = resolve_capacity(voxels, self.rng("immune_recruitment").random(voxels.shape[0]), cap - occupancy)
+            start = 0
+            for k, v, cols in requests:
+                w = won[start:start + v.shape[0]]
+                start += v.shape[0]
+                new = v[w]
+                m = new.shape[0]
+                tables[k].append(voxel=new, **{c: xp.full(m, val) for c, val in cols.items()})
+                key = "treg_recruited" if cols.get("is_treg", False) else f"{k}_recruited"
+                ev[key] = ev[key] + m
+        # Priming: antigen from dying tumour cells raises it (logistic to 1); it relaxes slowly without antigen.
+        im = self.config.immune
+        antigen = float(self.backend.to_host(xp.asarray(ev["antigen_released"])))
+        p = self.priming
+        p += im.priming_per_antigen * antigen * (1.0 - p)
+        p -= im.priming_decay_per_min * self.dt_min * p
+        self.priming = float(min(max(p, 0.0), 1.0))
 
     # ----------------------------------------------------------------------------------------------------------
     # Readouts
@@ -277,6 +568,8 @@ class Simulation:
             "oxygen_tumour_mean_mmHg": o2_cells.sum() / max(n, 1),
             "oxygen_min_mmHg": o2.min(),
         }
+        if self.immune_enabled:
+            values.update(self._immune_values())
         values.update(self._events)
         names = list(values)
         host = self.backend.to_host(xp.stack([xp.asarray(values[k], dtype=np.float64) for k in names]))
@@ -285,6 +578,8 @@ class Simulation:
         for k in ("tumour_deaths_apoptosis", "tumour_deaths_necrosis", "tumour_births", "necrotic_cleared"):
             out.setdefault(k, 0.0)
         out["hypoxic_fraction"] = out["tumour_hypoxic"] / out["tumour_cells"] if out["tumour_cells"] else 0.0
+        if self.immune_enabled:
+            self._immune_readouts(out)
         lesion_voxels = out["tumour_cells"] + out["necrotic_voxels"]
         volume = lesion_voxels * self.spacing_um**self.ndim
         if self.ndim == 2:
@@ -292,6 +587,91 @@ class Simulation:
         else:
             out["tumour_diameter_um"] = 2.0 * float(np.cbrt(3.0 * volume / (4.0 * np.pi)))
         return out
+
+    def tumour_regions(self):
+        """Masks of tumour core, invasive margin and stroma (bool, lattice shape).
+
+        The lesion is the live plus necrotic tumour voxels. The margin is the band of width
+        ``immune.phenotype.margin_um`` centred on the lesion edge (Chebyshev distance, via box dilation and
+        erosion); the core is the lesion inside that band (the whole lesion when the band swallows it); the
+        stroma is everything else.
+        """
+        lesion = self.tissue == self.TUMOUR
+        lesion |= self.necrotic
+        half = int(round(self.config.immune.phenotype.margin_um / 2 / self.spacing_um))
+        window = (2 * half + 1) ** self.ndim
+        count = box_sum(lesion, half)
+        dilated = count > 0
+        # Erosion: every voxel of the window lies in the lesion (windows clipped at the lattice edge count as out).
+        eroded = count >= window - 0.5
+        core = eroded if bool(eroded.any()) else lesion
+        margin = dilated & ~core
+        stroma = ~dilated
+        return core, margin, stroma
+
+    def _immune_values(self) -> dict:
+        xp = self.xp
+        t, m, c = self.agents["tcell"], self.agents["macrophage"], self.agents["caf"]
+        eff = ~t["is_treg"]
+        exhausted = eff & (t["exhaustion"] >= 1.0)
+        core, margin, stroma = self.tumour_regions()
+        cd8 = scatter_count(t["voxel"][eff], self.size).reshape(self.shape)
+        lesion = core | margin
+        return {
+            "tcell_effector": xp.count_nonzero(eff),
+            "tcell_treg": xp.count_nonzero(t["is_treg"]),
+            "tcell_exhausted": xp.count_nonzero(exhausted),
+            "tcell_engaged": xp.count_nonzero(t["engaged"]),
+            "macrophage_m0": xp.count_nonzero(m["state"] == macrophage_mod.M0),
+            "macrophage_m1": xp.count_nonzero(m["state"] == macrophage_mod.M1),
+            "macrophage_m2": xp.count_nonzero(m["state"] == macrophage_mod.M2),
+            "caf_cells": xp.asarray(len(c), dtype=np.float64),
+            "caf_activation_mean": c["activation"].astype(np.float64).sum() / max(len(c), 1),
+            "antigenicity_sum": self.tumour["antigenicity"].astype(np.float64).sum(),
+            "pdl1_sum": self.tumour["pdl1"].astype(np.float64).sum(),
+            "cd8_core": cd8[core].sum(),
+            "cd8_margin": cd8[margin].sum(),
+            "cd8_stroma": cd8[stroma].sum(),
+            "core_voxels": xp.count_nonzero(core),
+            "margin_voxels": xp.count_nonzero(margin),
+            "stroma_voxels": xp.count_nonzero(stroma),
+            "ecm_mean_tumour": self.ecm[lesion].astype(np.float64).sum() / max(1, int(xp.count_nonzero(lesion))),
+            "ecm_mean_stroma": self.ecm[stroma].astype(np.float64).sum() / max(1, int(xp.count_nonzero(stroma))),
+            "ifng_max": self.fields["ifng"].data.max(),
+            "chemokine_max": self.fields["chemokine"].data.max(),
+        }
+
+    def _immune_readouts(self, out: dict) -> None:
+        """Derived immune readouts: ratios, fractions, densities (per mm² in 2-D, per mm³ in 3-D), phenotype."""
+        n_tumour = out["tumour_cells"]
+        out.setdefault("tumour_killed_by_tcell", 0.0)
+        out.setdefault("tumour_killed_by_macrophage", 0.0)
+        out.setdefault("antigen_released", 0.0)
+        out["vessel_voxels"] = float(self._vessel_voxels.shape[0])
+        for k in ("tcell_deaths", "macrophage_deaths", "tcell_recruited", "treg_recruited", "macrophage_recruited",
+                  "vessels_sprouted"):
+            out.setdefault(k, 0.0)
+        out["kills"] = out["tumour_killed_by_tcell"] + out["tumour_killed_by_macrophage"]
+        out["exhausted_fraction"] = out["tcell_exhausted"] / out["tcell_effector"] if out["tcell_effector"] else 0.0
+        out["effector_treg_ratio"] = out["tcell_effector"] / max(out["tcell_treg"], 1.0)
+        out["m1_m2_ratio"] = out["macrophage_m1"] / max(out["macrophage_m2"], 1.0)
+        out["antigenicity_mean"] = out.pop("antigenicity_sum") / n_tumour if n_tumour else 0.0
+        out["pdl1_mean"] = out.pop("pdl1_sum") / n_tumour if n_tumour else 0.0
+        out["priming"] = float(self.priming)
+        voxel_mm = (self.spacing_um / 1000.0) ** self.ndim
+        for region in ("core", "margin", "stroma"):
+            n_vox = out.pop(f"{region}_voxels")
+            out[f"cd8_density_{region}"] = out[f"cd8_{region}"] / (n_vox * voxel_mm) if n_vox else 0.0
+        ph = self.config.immune.phenotype
+        if n_tumour == 0:
+            code = PHENOTYPE_CODES["no_tumour"]
+        elif out["cd8_density_core"] >= ph.inflamed_core_per_mm2:
+            code = PHENOTYPE_CODES["inflamed"]
+        elif max(out["cd8_density_margin"], out["cd8_density_stroma"]) >= ph.excluded_margin_per_mm2:
+            code = PHENOTYPE_CODES["excluded"]
+        else:
+            code = PHENOTYPE_CODES["desert"]
+        out["immune_phenotype_code"] = float(code)
 
     # ----------------------------------------------------------------------------------------------------------
     # Snapshot state
@@ -314,8 +694,17 @@ class Simulation:
                 "time_min": float(self.time_min),
                 "necrotic": h(self.necrotic),
                 "vessels": h(self.vessels),
+                **self._immune_state(h),
             },
         }
+
+    def _immune_state(self, h) -> dict:
+        if not self.immune_enabled:
+            return {}
+        st = {"ecm": h(self.ecm), "priming": float(self.priming)}
+        if self.ecm_factors is not None:
+            st["ecm_factors"] = h(self.ecm_factors)
+        return st
 
     @classmethod
     def from_state(cls, config: Config, state: dict, backend: Backend | None = None) -> Simulation:
@@ -343,6 +732,15 @@ class Simulation:
         sim.step_index = int(st["step"])
         sim.necrotic = xp.asarray(np.asarray(st["necrotic"], dtype=bool))
         sim.vessels = xp.asarray(np.asarray(st["vessels"], dtype=bool))
+        if sim.immune_enabled:
+            for key in ("ecm", "priming"):
+                if key not in st:
+                    raise ValueError(f"snapshot has no immune-layer state '{key}' but immune.enabled is true")
+            sim.ecm = xp.asarray(np.asarray(st["ecm"]), dtype=sim.dtype)
+            sim.priming = float(st["priming"])
+            if "ecm_factors" in st and sim._large_molecule_fields():
+                sim.ecm_factors = xp.asarray(np.asarray(st["ecm_factors"]), dtype=sim.dtype)
+                sim._apply_large_molecule_diffusivity()
         sim._on_vessels_changed()
         sim._rebuild_tissue()
         return sim

@@ -12,13 +12,53 @@ import numpy as np
 
 from kernels._xp import array_namespace
 
-__all__ = ["moore_offsets", "neighbours", "resolve_conflicts", "scatter_count"]
+__all__ = [
+    "box_sum",
+    "cube_offsets",
+    "moore_offsets",
+    "neighbours",
+    "resolve_capacity",
+    "resolve_conflicts",
+    "scatter_count",
+    "window_sum_at",
+]
 
 
 def moore_offsets(ndim: int) -> np.ndarray:
     """Coordinate offsets of the Moore neighbourhood (8 in 2-D, 26 in 3-D), shape ``(K, ndim)``, int64."""
     offs = [o for o in itertools.product((-1, 0, 1), repeat=ndim) if any(o)]
     return np.asarray(offs, dtype=np.int64)
+
+
+def cube_offsets(ndim: int, radius: int) -> np.ndarray:
+    """Offsets of the cube of half-width ``radius`` (the centre included), shape ``((2r+1)**ndim, ndim)``."""
+    r = int(radius)
+    return np.asarray(list(itertools.product(range(-r, r + 1), repeat=ndim)), dtype=np.int64).reshape(-1, ndim)
+
+
+def window_sum_at(values, voxels, shape, offsets):
+    """Sum of ``values`` over the window ``offsets`` around each of ``voxels`` (voxels outside count 0).
+
+    Cheaper than :func:`box_sum` over the whole lattice when only a few voxels are asked about.
+
+    Parameters
+    ----------
+    values : array, shape ``(size,)``
+        Flat per-voxel values.
+    voxels : int array, shape ``(N,)``
+        Flat voxel indices to evaluate.
+    shape : tuple of int
+        Lattice shape.
+    offsets : int array, shape ``(K, ndim)``
+        Window offsets (e.g. :func:`cube_offsets`), on the same backend as ``voxels``.
+
+    Returns
+    -------
+    array, shape ``(N,)``
+    """
+    xp = array_namespace(values, voxels)
+    flat, inside = neighbours(voxels, shape, offsets)
+    return xp.where(inside, values[flat], 0).sum(axis=1)
 
 
 def neighbours(voxels, shape, offsets):
@@ -41,14 +81,17 @@ def neighbours(voxels, shape, offsets):
         True where the neighbour lies inside the lattice.
     """
     xp = array_namespace(voxels, offsets)
-    coords = xp.stack(xp.unravel_index(voxels, shape), axis=1)  # (N, ndim)
-    nbr = coords[:, None, :] + offsets[None, :, :]  # (N, K, ndim)
-    inside = xp.ones(nbr.shape[:2], dtype=bool)
-    flat = xp.zeros(nbr.shape[:2], dtype=np.int64)
+    # Work on flat indices: one coordinate per axis per voxel (N), never an (N, K, ndim) array.
+    strides = np.cumprod((1,) + tuple(int(n) for n in shape[:0:-1]))[::-1].copy()  # C-order strides
+    flat = voxels[:, None] + (offsets * xp.asarray(strides)).sum(axis=1)[None, :]
+    inside = None
+    rest = voxels
     for axis, n in enumerate(shape):
-        c = nbr[:, :, axis]
-        inside &= (c >= 0) & (c < n)
-        flat = flat * n + xp.clip(c, 0, n - 1)
+        coord = rest // int(strides[axis])
+        rest = rest - coord * int(strides[axis])
+        c = coord[:, None] + offsets[None, :, axis]
+        ok = (c >= 0) & (c < n)
+        inside = ok if inside is None else inside & ok
     flat = xp.where(inside, flat, 0)
     return flat, inside
 
@@ -91,3 +134,86 @@ def scatter_count(voxels, size: int, weights=None, dtype=np.float64):
     xp = array_namespace(voxels, weights)
     out = xp.bincount(voxels, weights=weights, minlength=size)
     return out.astype(dtype, copy=False)
+
+
+def resolve_capacity(targets, priority, slots):
+    """Admit candidates to voxels with limited free slots, highest priority first.
+
+    Generalises :func:`resolve_conflicts` to voxels that hold up to ``slots[v]`` newcomers: within each target
+    voxel the candidates are ranked by descending priority and the first ``slots[v]`` win. The outcome depends
+    only on the priorities, not on array order.
+
+    Parameters
+    ----------
+    targets : int array, shape ``(N,)``
+        The voxel each candidate wants (flat index).
+    priority : float array, shape ``(N,)``
+        Random priorities.
+    slots : int array, shape ``(size,)``
+        Free places per voxel (negative values count as 0).
+
+    Returns
+    -------
+    bool array, shape ``(N,)``
+        True for each admitted candidate.
+    """
+    xp = array_namespace(targets, priority, slots)
+    n = targets.shape[0]
+    won = xp.zeros(n, dtype=bool)
+    if n == 0:
+        return won
+    order = xp.lexsort(xp.stack([-priority, targets]))
+    sorted_targets = targets[order]
+    first = xp.ones(n, dtype=bool)
+    first[1:] = sorted_targets[1:] != sorted_targets[:-1]
+    position = xp.arange(n)
+    group_id = xp.cumsum(first) - 1
+    rank = position - position[first][group_id]
+    won[order] = rank < slots[sorted_targets]
+    return won
+
+
+def box_sum(grid, radius: int):
+    """Sum of ``grid`` over the cube of half-width ``radius`` voxels around each voxel (zero outside).
+
+    Separable: one 1-D window sum per axis, by shifted slices for small radii and by cumulative sums for large
+    ones, so the cost never grows faster than the radius. Boolean and integer grids (counts below 2**31) are
+    summed exactly in int32.
+
+    Parameters
+    ----------
+    grid : array, shape ``(nx, ny[, nz])``
+        Values to sum.
+    radius : int
+        Half-width in voxels (Chebyshev distance); 0 returns a float64 copy.
+
+    Returns
+    -------
+    float64 array of the same shape
+    """
+    xp = array_namespace(grid)
+    exact = grid.dtype == bool or np.issubdtype(np.dtype(str(grid.dtype)), np.integer)
+    out = grid.astype(np.int32 if exact else np.float64)
+    r = int(radius)
+    for axis in range(out.ndim if r > 0 else 0):
+        n = out.shape[axis]
+        widths = [(0, 0)] * out.ndim
+        sl = [slice(None)] * out.ndim
+        if r <= 4:
+            acc = out.copy()
+            for k in range(1, min(r, n - 1) + 1):
+                dst, src = list(sl), list(sl)
+                dst[axis], src[axis] = slice(k, None), slice(0, n - k)
+                acc[tuple(dst)] += out[tuple(src)]
+                dst[axis], src[axis] = slice(0, n - k), slice(k, None)
+                acc[tuple(dst)] += out[tuple(src)]
+            out = acc
+        else:
+            # Pad r zeros on both sides and one leading zero: each window sum is a difference of two slices.
+            widths[axis] = (r + 1, r)
+            c = xp.cumsum(xp.pad(out, widths), axis=axis)
+            hi, lo = list(sl), list(sl)
+            hi[axis] = slice(2 * r + 1, None)
+            lo[axis] = slice(0, n)
+            out = c[tuple(hi)] - c[tuple(lo)]
+    return out.astype(np.float64, copy=False)

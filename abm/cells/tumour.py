@@ -15,6 +15,15 @@ Rules (each switchable through ``tumour.rules``):
     pO2; the voxel is marked necrotic.
 ``necrotic_clearance``
     A necrotic voxel is cleared and freed at a constant rate.
+``pdl1_expression``
+    PD-L1 relaxes to ``baseline + induced Hill(IFN-γ; 0.11 ng/mL, 1.26)`` with a 0.1-day half-life (spQSP);
+    the induced part only with ``resistance.adaptive_pdl1``. Needs the immune layer (a no-op without it).
+``secretion``
+    Chemokine ``s (1 + boost Hill(IFN-γ)) (1 - loss)``, VEGF scaled by the hypoxic ramp below
+    ``hypoxic_threshold_mmHg``, and TGF-β. Needs the immune layer (a no-op without it).
+
+Antigenicity is heritable; with ``resistance.antigen_loss`` a daughter's antigenicity mutates at division
+(applied by the schedule's commit, see :func:`mutate_antigenicity`).
 """
 
 from __future__ import annotations
@@ -23,18 +32,30 @@ import numpy as np
 
 from abm.agents import Column
 from abm.rules import rule
-from kernels.lattice import neighbours
+from kernels.lattice import box_sum, neighbours
 
-__all__ = ["COLUMNS", "DEATH_APOPTOSIS", "DEATH_NECROSIS", "RULES"]
+__all__ = [
+    "COLUMNS",
+    "DEATH_APOPTOSIS",
+    "DEATH_KILLED_MACROPHAGE",
+    "DEATH_KILLED_TCELL",
+    "DEATH_NECROSIS",
+    "RULES",
+    "mutate_antigenicity",
+]
 
 COLUMNS = {
     "voxel": Column("int64", "-", "flat (C-order) index of the voxel the cell occupies"),
     "generation": Column("int32", "divisions", "divisions since the seeded ancestor"),
     "quiescent": Column("bool", "flag", "no free neighbour voxel at the last step (contact-inhibited)"),
+    "antigenicity": Column("float32", "-", "antigen presentation q (0..1), heritable; factor on T-cell killing"),
+    "pdl1": Column("float32", "-", "PD-L1 expression (fraction of maximal, 0..1)"),
 }
 
 DEATH_APOPTOSIS = 1
 DEATH_NECROSIS = 2
+DEATH_KILLED_TCELL = 3
+DEATH_KILLED_MACROPHAGE = 4
 
 
 def _ramp(x, x0, x1, xp):
@@ -66,16 +87,19 @@ def proliferation(sim, rng) -> None:
         o2, p.proliferation_o2_threshold_mmHg, p.proliferation_o2_saturation_mmHg, xp
     )
     wants = rng.random(n) < _probability(rate, sim.dt_min, xp)
-    flat, inside = neighbours(cells["voxel"], sim.shape, sim.offsets)
-    free = inside & (sim.tissue.reshape(-1)[flat] == sim.FREE)
-    has_space = free.any(axis=1)
+    # Free Moore neighbours per voxel from one lattice stencil; neighbour lists only for dividing cells.
+    free_grid = sim.tissue == sim.FREE
+    free_count = box_sum(free_grid, 1).reshape(-1) - free_grid.reshape(-1)
+    has_space = free_count[cells["voxel"]] > 0.5
     cells["quiescent"] = ~has_space
     parents = xp.nonzero(wants & has_space)[0]
     if parents.shape[0] == 0:
         return
-    score = xp.where(free[parents], rng.random(free[parents].shape), -1.0)
+    flat, inside = neighbours(cells["voxel"][parents], sim.shape, sim.offsets)
+    free = inside & (sim.tissue.reshape(-1)[flat] == sim.FREE)
+    score = xp.where(free, rng.random(free.shape), -1.0)
     choice = xp.argmax(score, axis=1)
-    targets = flat[parents, choice]
+    targets = flat[xp.arange(parents.shape[0]), choice]
     sim.intents.divide("tumour", parents, targets)
 
 
@@ -112,4 +136,70 @@ def necrotic_clearance(sim, rng) -> None:
     sim.intents.clear_necrotic(necrotic[rng.random(necrotic.shape[0]) < prob])
 
 
-RULES = {r.name: r for r in (oxygen_uptake, proliferation, apoptosis, necrosis, necrotic_clearance)}
+def _ifng_response(sim, voxels):
+    """Hill response to IFN-γ at ``voxels`` (float32: the field's precision, and half the cost of float64)."""
+    xp, p = sim.xp, sim.config.tumour
+    ifng = xp.maximum(sim.fields["ifng"].data.reshape(-1)[voxels].astype(np.float32), np.float32(0))
+    xn = ifng ** np.float32(p.pdl1_ifng_hill)
+    return xn / (xn + np.float32(p.pdl1_ifng_half_max**p.pdl1_ifng_hill))
+
+
+@rule("pdl1_expression", "behaviour")
+def pdl1_expression(sim, rng) -> None:
+    """Relax PD-L1 toward its baseline plus IFN-γ induction (adaptive resistance), with the PD-L1 half-life."""
+    xp, p = sim.xp, sim.config.tumour
+    cells = sim.tumour
+    if "ifng" not in sim.fields or len(cells) == 0:
+        return
+    target = xp.full(len(cells), p.pdl1_baseline, dtype=np.float64)
+    if sim.config.resistance.adaptive_pdl1:
+        target = target + p.pdl1_ifng_induced * _ifng_response(sim, cells["voxel"])
+    relax = float(1.0 - np.exp(-np.log(2.0) / p.pdl1_half_life_min * sim.dt_min))
+    cur = cells["pdl1"].astype(np.float64)
+    cells["pdl1"] = xp.clip(cur + (target - cur) * relax, 0.0, 1.0)
+
+
+@rule("secretion", "exchange")
+def secretion(sim, rng) -> None:
+    """Record chemokine (IFN-γ-boosted, reduced by chemokine loss), hypoxic VEGF and TGF-β secretion."""
+    xp, cfg = sim.xp, sim.config
+    p = cfg.tumour
+    cells = sim.tumour
+    if "chemokine" not in sim.fields or len(cells) == 0:
+        return
+    vox = cells["voxel"]
+    chem = p.chemokine_secretion * (1.0 + p.chemokine_ifng_boost * _ifng_response(sim, vox))
+    if cfg.resistance.chemokine_loss:
+        chem = chem * (1.0 - cfg.immune.chemokine_loss_fraction)
+    sim.fields["chemokine"].source.reshape(-1)[vox] += chem.astype(sim.dtype)
+    o2 = sim.fields["oxygen"].data.reshape(-1)[vox]
+    hypoxic = _ramp(o2, p.hypoxic_threshold_mmHg, 0.0, xp)
+    sim.fields["vegf"].source.reshape(-1)[vox] += (p.vegf_secretion_hypoxic * hypoxic).astype(sim.dtype)
+    sim.fields["tgfb"].source.reshape(-1)[vox] += sim.dtype.type(p.tgfb_secretion)
+
+
+def mutate_antigenicity(sim, antigenicity, rng):
+    """Daughters' antigenicity after division: with ``antigen_mutation_prob`` add ``N(0, step)``, clip to 0..1.
+
+    Parameters
+    ----------
+    antigenicity : float32 array, shape ``(N,)``
+        Inherited values.
+
+    Returns
+    -------
+    float32 array, shape ``(N,)``
+    """
+    xp, p = sim.xp, sim.config.tumour
+    n = antigenicity.shape[0]
+    if not sim.config.resistance.antigen_loss or n == 0 or p.antigen_mutation_prob == 0:
+        return antigenicity
+    mutates = rng.random(n) < p.antigen_mutation_prob
+    delta = rng.normal(n) * p.antigen_mutation_step
+    return xp.clip(antigenicity + xp.where(mutates, delta, 0.0), 0.0, 1.0).astype(np.float32)
+
+
+RULES = {
+    r.name: r
+    for r in (oxygen_uptake, proliferation, apoptosis, necrosis, necrotic_clearance, pdl1_expression, secretion)
+}

@@ -1,0 +1,84 @@
+"""Cancer-associated fibroblasts (tissue layer) and the ECM they build.
+
+Rules (each switchable through ``immune.caf.rules``):
+
+``caf_secretion``
+    A CAF secretes TGF-β and CXCL12 in proportion to its activation ``a``.
+``caf_activation``
+    ``da/dt = r TGF-β/(TGF-β + K) (1 - a)``.
+``ecm_remodelling``
+    ECM density ``E`` (0..1) in a CAF's voxel and its Moore neighbours grows as ``dE/dt = d a (1 - E)``;
+    tumour cells and macrophages degrade it (MMPs) as ``dE/dt = -m E`` in their voxels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from abm.agents import Column
+from abm.cells.immune import probability
+from abm.rules import rule
+from kernels.lattice import neighbours, scatter_count
+
+__all__ = ["COLUMNS", "RULES"]
+
+COLUMNS = {
+    "voxel": Column("int64", "-", "flat (C-order) index of the voxel the CAF occupies (tissue layer)"),
+    "activation": Column("float32", "-", "activation level 0..1 (myofibroblast-like when near 1)"),
+}
+
+
+@rule("caf_secretion", "exchange")
+def caf_secretion(sim, rng) -> None:
+    """Record TGF-β and CXCL12 secretion by CAFs, proportional to activation."""
+    c = sim.agents["caf"]
+    if len(c) == 0:
+        return
+    p = sim.config.immune.caf
+    act = scatter_count(c["voxel"], sim.size, weights=c["activation"].astype(np.float64), dtype=sim.dtype)
+    act = act.reshape(sim.shape)
+    sim.fields["tgfb"].source += act * p.tgfb_secretion
+    sim.fields["cxcl12"].source += act * p.cxcl12_secretion
+
+
+@rule("caf_activation", "behaviour")
+def caf_activation(sim, rng) -> None:
+    """Relax activation toward 1 at a TGF-β-dependent rate."""
+    xp = sim.xp
+    c = sim.agents["caf"]
+    if len(c) == 0:
+        return
+    p = sim.config.immune.caf
+    tgfb = sim.fields["tgfb"].data.reshape(-1)[c["voxel"]].astype(np.float64)
+    gain = probability(p.activation_rate_per_min * tgfb / (tgfb + p.activation_tgfb_half_max), sim.dt_min, xp)
+    act = c["activation"].astype(np.float64)
+    c["activation"] = act + (1.0 - act) * gain
+
+
+@rule("ecm_remodelling", "behaviour")
+def ecm_remodelling(sim, rng) -> None:
+    """Deposit ECM around CAFs (logistic to 1) and degrade it where tumour cells and macrophages sit (MMPs)."""
+    xp, cfg = sim.xp, sim.config
+    ecm = sim.ecm.reshape(-1)
+    c = sim.agents["caf"]
+    if len(c):
+        flat, inside = neighbours(c["voxel"], sim.shape, sim.offsets)
+        flat = xp.concatenate([c["voxel"][:, None], flat], axis=1)
+        w = xp.concatenate([xp.ones((len(c), 1), dtype=bool), inside], axis=1).astype(np.float64)
+        w = w * c["activation"].astype(np.float64)[:, None]
+        drive = scatter_count(flat.reshape(-1), sim.size, weights=w.reshape(-1))
+        touched = xp.nonzero(drive)[0]
+        gain = probability(cfg.immune.caf.ecm_deposition_per_min * drive[touched], sim.dt_min, xp)
+        ecm[touched] += ((1.0 - ecm[touched]) * gain).astype(ecm.dtype)
+    # MMP degradation only where tumour cells (one per voxel) and macrophages sit.
+    tumour_vox = sim.tumour["voxel"]
+    ecm[tumour_vox] *= ecm.dtype.type(np.exp(-cfg.tumour.ecm_degradation_per_min * sim.dt_min))
+    m = sim.agents["macrophage"]
+    if len(m):
+        n_mac = scatter_count(m["voxel"], sim.size)
+        vox = xp.nonzero(n_mac)[0]
+        rate = n_mac[vox] * cfg.immune.macrophage.ecm_degradation_per_min
+        ecm[vox] *= xp.exp(-rate * sim.dt_min).astype(ecm.dtype)
+
+
+RULES = {r.name: r for r in (caf_secretion, caf_activation, ecm_remodelling)}
