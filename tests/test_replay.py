@@ -142,7 +142,9 @@ def test_loader_api(runs):
         fields = run.fields(45.0)  # the snapshot just before
         assert fields["oxygen"].shape == run.shape and fields["oxygen"].dtype == np.float32
         cells = run.agents(30.0, "tumour")
-        assert set(cells) == {"voxel", "generation", "quiescent"}
+        from abm.cells.tumour import COLUMNS
+
+        assert set(cells) == set(COLUMNS)
         coords = run.voxel_coords(cells["voxel"])
         assert coords.shape == (len(cells["voxel"]), run.ndim)
         np.testing.assert_array_equal(np.ravel_multi_index(coords.T, run.shape), cells["voxel"])
