@@ -243,13 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tme``; returns the exit status."""
-    from abm.backend import BackendError
+    from abm.backend import BackendError, tune_host_allocator
     from abm.config import ConfigError
     from abm.io.reader import RunFileError
     from abm.runner import OutputExistsError, RunInterrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_host_allocator()
     try:
         return args.func(args)
     except (ConfigError, RunFileError, OutputExistsError, BackendError, UserError) as exc:

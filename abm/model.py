@@ -31,13 +31,13 @@ from abm.config import Config
 from abm.fields import DiffusingField, face_boundaries
 from abm.rules import rule
 from kernels.lattice import (
+    Stencil,
     box_sum,
     cube_offsets,
     moore_offsets,
     resolve_capacity,
     resolve_conflicts,
     scatter_count,
-    window_sum_at,
 )
 
 __all__ = ["Simulation"]
@@ -89,12 +89,12 @@ class Intents:
         """Record new agents wanting to enter at ``voxels`` with scalar column values ``columns``."""
         self.recruits.setdefault(agent_type, []).append((voxels, columns))
 
-    def kill(self, agent_type: str, mask, cause: int) -> None:
-        """Mark the agents where ``mask`` is true as dying of ``cause``."""
+    def kill(self, agent_type: str, which, cause: int) -> None:
+        """Mark agents as dying of ``cause``: ``which`` is a boolean mask over the table or row indices."""
         xp = self.xp
-        self.death_cause[agent_type] = xp.maximum(self.death_cause[agent_type], xp.where(mask, cause, 0)).astype(
-            np.int8
-        )
+        rows = xp.nonzero(which)[0] if which.dtype == bool else which
+        codes = self.death_cause[agent_type]
+        codes[rows] = xp.maximum(codes[rows], np.int8(cause))
 
     def divide(self, agent_type: str, parents, targets) -> None:
         """Record that agents ``parents`` want to place a daughter in voxels ``targets``."""
@@ -151,7 +151,9 @@ class Simulation:
         self.spacing_um = config.grid.spacing_um
         self.dt_min = config.time.dt_min
         self.dtype = np.dtype(config.dtype)
-        self.offsets = xp.asarray(moore_offsets(self.ndim))
+        moore = moore_offsets(self.ndim)
+        self.moore = Stencil(self.shape, moore, xp)  # the 8 (26) neighbours
+        self.moore_and_self = Stencil(self.shape, np.vstack([np.zeros((1, self.ndim), np.int64), moore]), xp)
         self.step_index = 0
 
         ox = config.fields.oxygen
@@ -253,6 +255,8 @@ class Simulation:
         if cfg.vessels.angiogenesis:
             self.rules.append(_angiogenesis)
         self.priming = float(im.priming_initial)
+        radius = int(round(im.tcell.suppression_radius_um / self.spacing_um))
+        self.suppression_window = Stencil(self.shape, cube_offsets(self.ndim, radius), xp)
 
     def _large_molecule_fields(self) -> list[str]:
         return [n for n in IMMUNE_FIELDS if n in self.fields and getattr(self.config.fields, n).large_molecule]
@@ -338,25 +342,21 @@ class Simulation:
         float64 array, shape ``(N,)``
             Counts over the cube of half-width ``round(suppression_radius_um / dx)`` voxels.
         """
-        xp = self.xp
-        grid = self._counts_grid(kind)
-        if grid is None:  # none present: common, and saves the gathers
-            return xp.zeros(voxels.shape[0], dtype=np.float64)
-        radius = int(round(self.config.immune.tcell.suppression_radius_um / self.spacing_um))
-        offsets = xp.asarray(cube_offsets(self.ndim, radius))
-        return window_sum_at(grid, voxels, self.shape, offsets).astype(np.float64)
+        return self._counts_near(kind, self.suppression_window, voxels)
 
     def m2_neighbour_counts(self, voxels):
         """Number of M2 macrophages in the Moore neighbourhood of ``voxels`` (the voxel included), float64."""
-        xp = self.xp
-        grid = self._counts_grid("m2")
-        if grid is None:
-            return xp.zeros(voxels.shape[0], dtype=np.float64)
-        return window_sum_at(grid, voxels, self.shape, xp.asarray(cube_offsets(self.ndim, 1))).astype(np.float64)
+        return self._counts_near("m2", self.moore_and_self, voxels)
 
-    def _counts_grid(self, kind: str):
-        """Per-voxel counts of M2 macrophages or Tregs (flat int32), or None when there are none (cached)."""
-        key = f"count_{kind}"
+    def _counts_near(self, kind: str, window: Stencil, voxels):
+        """How many ``kind`` cells have each of ``voxels`` within their ``window`` (float64, shape ``(N,)``).
+
+        Each suppressor scatters its (symmetric) window onto a count grid once per step (cached); the asking
+        voxels then gather one value each. Suppressors are few, so this is far cheaper than summing a window
+        around every asking cell.
+        """
+        xp = self.xp
+        key = (kind, window.radius)
         if key not in self._cache:
             if kind == "m2":
                 m = self.agents["macrophage"]
@@ -364,8 +364,15 @@ class Simulation:
             else:
                 t = self.agents["tcell"]
                 vox = t["voxel"][t["is_treg"]]
-            self._cache[key] = scatter_count(vox, self.size, dtype=np.int32) if vox.shape[0] else None
-        return self._cache[key]
+            grid = None
+            if vox.shape[0]:
+                flat, inside = window.neighbours(vox)
+                grid = scatter_count(flat.reshape(-1), self.size, weights=inside.reshape(-1))
+            self._cache[key] = grid
+        grid = self._cache[key]
+        if grid is None:  # none present: common, and saves the gather
+            return xp.zeros(voxels.shape[0], dtype=np.float64)
+        return grid[voxels]
 
     def _on_vessels_changed(self) -> None:
         ox = self.config.fields.oxygen
@@ -383,12 +390,15 @@ class Simulation:
         if self.immune_enabled:
             xp = self.xp
             t.reshape(-1)[self.agents["caf"]["voxel"]] = self.CAF
-            row = xp.full(self.size, -1, dtype=np.int64)
-            row[self.tumour["voxel"]] = xp.arange(len(self.tumour), dtype=np.int64)
+            row = xp.full(self.size, -1, dtype=np.int32)  # tumour row per voxel, -1 where none
+            row[self.tumour["voxel"]] = xp.arange(len(self.tumour), dtype=np.int32)
             self.tumour_row = row
-            occ = scatter_count(self.agents["tcell"]["voxel"], self.size, dtype=np.int32)
-            occ += scatter_count(self.agents["macrophage"]["voxel"], self.size, dtype=np.int32)
-            self.immune_occupancy = occ.reshape(self.shape)
+            self.immune_occupancy = self._immune_counts().reshape(self.shape)
+
+    def _immune_counts(self):
+        """T cells and macrophages per voxel (flat int32)."""
+        vox = self.xp.concatenate([self.agents[k]["voxel"] for k in ("tcell", "macrophage")])
+        return scatter_count(vox, self.size, dtype=np.int32)
 
     # ----------------------------------------------------------------------------------------------------------
     # The schedule
@@ -494,9 +504,7 @@ class Simulation:
         cap = self.config.immune.immune_capacity
         kinds = ("tcell", "macrophage")
         tables = {k: self.agents[k] for k in kinds}
-        occupancy = xp.zeros(self.size, dtype=np.int64)
-        for t in tables.values():
-            occupancy += scatter_count(t["voxel"], self.size, dtype=np.int64)
+        occupancy = self.immune_occupancy.reshape(-1)  # counted at the start of the step; nobody moved since
         # Moves: every current occupant holds its place this step, so a voxel never overfills.
         requests = [(k, r, tg) for k in kinds for r, tg in self.intents.moves.get(k, [])]
         if requests:
@@ -514,9 +522,7 @@ class Simulation:
             ev[f"{k}_deaths"] = xp.count_nonzero(cause)
             t.keep(cause == 0)
         # Recruitment at vessel voxels against the places left.
-        occupancy = xp.zeros(self.size, dtype=np.int64)
-        for t in tables.values():
-            occupancy += scatter_count(t["voxel"], self.size, dtype=np.int64)
+        occupancy = self._immune_counts()
         requests = [(k, v, c) for k in kinds for v, c in self.intents.recruits.get(k, [])]
         ev["tcell_recruited"] = ev["treg_recruited"] = ev["macrophage_recruited"] = xp.zeros((), dtype=np.int64)
         if requests:

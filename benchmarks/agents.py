@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from abm.backend import tune_host_allocator
 from abm.config import parse_config
 from abm.model import Simulation
 
@@ -62,6 +63,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
+    allocator_tuned = tune_host_allocator()  # as the tme command does
 
     t0 = time.perf_counter()
     sim = build(args.backend)
@@ -109,6 +111,7 @@ def main(argv=None) -> dict:
         "repeats": args.repeats,
         **best,
         "bar_agent_updates_per_s": 1e7,
+        "allocator_tuned": allocator_tuned,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "python": platform.python_version(),

@@ -26,7 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from abm.backend import get_backend  # noqa: E402
+from abm.backend import get_backend, tune_host_allocator  # noqa: E402
 from abm.config import load_config  # noqa: E402
 from abm.model import Simulation  # noqa: E402
 from kernels.diffusion import lod_diffuse, lod_factors, lod_scratch_size  # noqa: E402
@@ -93,6 +93,7 @@ def main(argv=None):
     backend = get_backend(args.backend)
     report = {
         "backend": backend.name,
+        "allocator_tuned": tune_host_allocator(),  # as the tme command does
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version},
         "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in SIZES.items()},
         "solver_2d": bench_solver(backend, SIZES["solver_2d"], args.repeats),

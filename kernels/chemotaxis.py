@@ -9,7 +9,7 @@ import numpy as np
 
 from kernels._xp import array_namespace
 
-__all__ = ["chemotaxis_weights", "sample_choice"]
+__all__ = ["chemotaxis_weights", "sample_choice", "sample_uniform"]
 
 
 def chemotaxis_weights(c_here, c_nbr, allowed, sensitivity: float, half_max: float):
@@ -64,3 +64,26 @@ def sample_choice(log_weights, uniforms):
     gumbel = -xp.log(-xp.log(xp.clip(uniforms, 1e-300, 1.0 - 1e-16)))
     score = log_weights + gumbel
     return xp.argmax(score, axis=1), xp.isfinite(log_weights).any(axis=1)
+
+
+def sample_uniform(candidates, uniforms):
+    """Sample one candidate column per row, all candidates of a row equally likely (inverse CDF).
+
+    Parameters
+    ----------
+    candidates : bool array, shape ``(N, K)``
+    uniforms : float array, shape ``(N,)``
+        Uniform numbers in [0, 1), one per row.
+
+    Returns
+    -------
+    choice : int64 array, shape ``(N,)``
+        Chosen column per row.
+    possible : bool array, shape ``(N,)``
+        False where a row has no candidate (``choice`` is then meaningless).
+    """
+    xp = array_namespace(candidates, uniforms)
+    count = candidates.sum(axis=1)
+    k = xp.floor(uniforms * count)  # the k-th candidate (0-based) of the row, k < count
+    choice = xp.argmax(xp.cumsum(candidates, axis=1) > k[:, None], axis=1)
+    return choice, count > 0

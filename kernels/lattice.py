@@ -13,6 +13,7 @@ import numpy as np
 from kernels._xp import array_namespace
 
 __all__ = [
+    "Stencil",
     "box_sum",
     "cube_offsets",
     "moore_offsets",
@@ -96,6 +97,72 @@ def neighbours(voxels, shape, offsets):
     return flat, inside
 
 
+class Stencil:
+    """A fixed neighbourhood on a lattice, for repeated gathers around many voxels.
+
+    :func:`neighbours` decodes every voxel's coordinates to find which neighbours fall outside the lattice. A
+    stencil instead classes each voxel once by how close it lies to each face (at most ``radius`` voxels count);
+    voxels of one class share the same neighbour offsets and the same inside mask, kept in two small tables. A
+    gather is then two table lookups and an add, with no branch and no host synchronisation.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Lattice shape.
+    offsets : int array-like, shape ``(K, ndim)``
+        Coordinate offsets on the host (e.g. :func:`moore_offsets`; may include the centre ``0``).
+    xp : module
+        Array module (``numpy`` or ``cupy``) the stencil works on.
+    """
+
+    def __init__(self, shape, offsets, xp):
+        host = np.asarray(offsets, dtype=np.int64).reshape(-1, len(shape))
+        self.shape = tuple(int(n) for n in shape)
+        self.xp = xp
+        self.offsets = xp.asarray(host)
+        self.radius = r = int(np.abs(host).max()) if host.size else 0
+        strides = np.cumprod((1,) + self.shape[:0:-1])[::-1]
+        # Per axis, a voxel's class is (distance to the low face, distance to the high face), each capped at r.
+        per_axis = (r + 1) ** 2
+        n_classes = per_axis ** len(self.shape)
+        cls = np.zeros((), dtype=np.int64)
+        for n in self.shape:
+            c = np.arange(n)
+            axis_class = np.minimum(c, r) * (r + 1) + np.minimum(n - 1 - c, r)
+            cls = cls[..., None] * per_axis + axis_class
+        self.voxel_class = xp.asarray(cls.reshape(-1).astype(np.uint8 if n_classes <= 256 else np.int32))
+        codes = np.arange(n_classes)
+        inside = np.ones((n_classes, host.shape[0]), dtype=bool)
+        for axis in reversed(range(len(self.shape))):
+            low, high = divmod(codes % per_axis, r + 1)
+            o = host[:, axis]
+            inside &= (o[None, :] >= -low[:, None]) & (o[None, :] <= high[:, None])
+            codes = codes // per_axis
+        delta = host @ strides
+        self.class_inside = xp.asarray(inside)
+        self.class_delta = xp.asarray(np.where(inside, delta[None, :], 0))  # outside: point at the voxel itself
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0])
+
+    def neighbours(self, voxels):
+        """Flat neighbour indices and the inside mask.
+
+        Returns
+        -------
+        flat : int64 array, shape ``(N, K)``
+            Entries outside the lattice hold the voxel itself and must be masked.
+        inside : bool array, shape ``(N, K)``
+        """
+        cls = self.voxel_class[voxels]
+        return voxels[:, None] + self.class_delta.take(cls, axis=0), self.class_inside.take(cls, axis=0)
+
+    def window_sum(self, values, voxels):
+        """Sum of flat ``values`` over the stencil around each of ``voxels`` (outside counts 0), shape ``(N,)``."""
+        flat, inside = self.neighbours(voxels)
+        return self.xp.where(inside, values[flat], 0).sum(axis=1)
+
+
 def resolve_conflicts(targets, priority):
     """Pick one winner per target among agents that want the same voxel, by highest priority.
 
@@ -115,15 +182,9 @@ def resolve_conflicts(targets, priority):
         True for each candidate that won its voxel.
     """
     xp = array_namespace(targets, priority)
-    won = xp.zeros(targets.shape[0], dtype=bool)
     if targets.shape[0] == 0:
-        return won
-    order = xp.lexsort(xp.stack([-priority, targets]))  # by target, then descending priority
-    sorted_targets = targets[order]
-    first = xp.ones(order.shape[0], dtype=bool)
-    first[1:] = sorted_targets[1:] != sorted_targets[:-1]
-    won[order[first]] = True
-    return won
+        return xp.zeros(0, dtype=bool)
+    return _admit(targets, priority, xp.ones(int(targets.max()) + 1, dtype=np.int64), xp)
 
 
 def scatter_count(voxels, size: int, weights=None, dtype=np.float64):
@@ -158,42 +219,61 @@ def resolve_capacity(targets, priority, slots):
         True for each admitted candidate.
     """
     xp = array_namespace(targets, priority, slots)
-    n = targets.shape[0]
-    won = xp.zeros(n, dtype=bool)
+    if targets.shape[0] == 0:
+        return xp.zeros(0, dtype=bool)
+    return _admit(targets, priority, slots, xp)
+
+
+def _admit(targets, priority, slots, xp):
+    """Shared core of :func:`resolve_conflicts` and :func:`resolve_capacity`.
+
+    Candidates whose voxel has at least as many free slots as requests are admitted outright; only the contested
+    voxels' candidates are sorted (by voxel, then descending priority) and ranked, usually a small minority.
+    """
+    demand = xp.bincount(targets, minlength=slots.shape[0])
+    won = demand[targets] <= slots[targets]
+    contested = xp.nonzero(~won)[0]
+    n = contested.shape[0]
     if n == 0:
         return won
-    order = xp.lexsort(xp.stack([-priority, targets]))
-    sorted_targets = targets[order]
+    sub_targets = targets[contested]
+    order = xp.lexsort(xp.stack([-priority[contested], sub_targets]))
+    sorted_targets = sub_targets[order]
     first = xp.ones(n, dtype=bool)
     first[1:] = sorted_targets[1:] != sorted_targets[:-1]
     position = xp.arange(n)
     group_id = xp.cumsum(first) - 1
     rank = position - position[first][group_id]
-    won[order] = rank < slots[sorted_targets]
+    won[contested[order]] = rank < slots[sorted_targets]
     return won
 
 
-def box_sum(grid, radius: int):
+def box_sum(grid, radius: int, dtype=np.float64):
     """Sum of ``grid`` over the cube of half-width ``radius`` voxels around each voxel (zero outside).
 
     Separable: one 1-D window sum per axis, by shifted slices for small radii and by cumulative sums for large
-    ones, so the cost never grows faster than the radius. Boolean and integer grids (counts below 2**31) are
-    summed exactly in int32.
+    ones, so the cost never grows faster than the radius. Boolean and integer grids are summed exactly, in
+    ``dtype`` when that is an integer type (the caller guarantees the sums fit: a boolean grid's sums are at most
+    ``(2 radius + 1)**ndim``), otherwise in int32.
 
     Parameters
     ----------
     grid : array, shape ``(nx, ny[, nz])``
         Values to sum.
     radius : int
-        Half-width in voxels (Chebyshev distance); 0 returns a float64 copy.
+        Half-width in voxels (Chebyshev distance); 0 returns a copy.
+    dtype : numpy dtype
+        Type of the result (float64 by default).
 
     Returns
     -------
-    float64 array of the same shape
+    array of the same shape, of type ``dtype``
     """
     xp = array_namespace(grid)
+    dtype = np.dtype(dtype)
     exact = grid.dtype == bool or np.issubdtype(np.dtype(str(grid.dtype)), np.integer)
-    out = grid.astype(np.int32 if exact else np.float64)
+    accumulate = (dtype if np.issubdtype(dtype, np.integer) else np.dtype(np.int32)) if exact else np.float64
+    out = grid.astype(accumulate)
     r = int(radius)
     for axis in range(out.ndim if r > 0 else 0):
         n = out.shape[axis]
@@ -216,4 +296,4 @@ def box_sum(grid, radius: int):
             hi[axis] = slice(2 * r + 1, None)
             lo[axis] = slice(0, n)
             out = c[tuple(hi)] - c[tuple(lo)]
-    return out.astype(np.float64, copy=False)
+    return out.astype(dtype, copy=False)

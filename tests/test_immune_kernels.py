@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import to_host
 
-from kernels.chemotaxis import chemotaxis_weights, sample_choice
-from kernels.lattice import box_sum, resolve_capacity
+from kernels.chemotaxis import chemotaxis_weights, sample_choice, sample_uniform
+from kernels.lattice import Stencil, box_sum, cube_offsets, moore_offsets, neighbours, resolve_capacity
 
 
-def test_resolve_capacity_fills_each_voxel_up_to_its_slots_by_priority(xp):
+@pytest.mark.parametrize("n_voxels", [20, 2000])  # every voxel contested; most voxels wanted by one candidate
+def test_resolve_capacity_fills_each_voxel_up_to_its_slots_by_priority(xp, n_voxels):
     rng = np.random.default_rng(0)
-    targets = rng.integers(0, 20, 500)
+    targets = rng.integers(0, n_voxels, 500)
     priority = rng.random(500)
-    slots = rng.integers(-1, 4, 20)
+    slots = rng.integers(-1, 4, n_voxels)
     won = to_host(resolve_capacity(xp.asarray(targets), xp.asarray(priority), xp.asarray(slots)))
-    for v in range(20):
+    for v in range(n_voxels):
         mine = targets == v
         admitted = np.count_nonzero(won & mine)
         assert admitted == min(max(slots[v], 0), np.count_nonzero(mine))
@@ -36,6 +38,45 @@ def test_box_sum_matches_brute_force(xp):
         for off in np.ndindex(*(5,) * len(shape)):
             want += pad[tuple(slice(o, o + n) for o, n in zip(off, shape))]
         assert np.allclose(got, want)
+
+
+def test_box_sum_small_integer_result_is_exact(xp):
+    grid = np.random.default_rng(3).random((12, 9, 7)) < 0.6
+    want = to_host(box_sum(xp.asarray(grid), 1))
+    got = box_sum(xp.asarray(grid), 1, dtype=np.uint8)
+    assert got.dtype == np.uint8 and np.array_equal(to_host(got), want.astype(np.uint8)) and want.max() <= 27
+
+
+@pytest.mark.parametrize("shape", [(9, 7), (30, 40), (2, 5), (5, 6, 4), (1, 6, 3)])
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_stencil_matches_neighbours(xp, shape, radius):
+    rng = np.random.default_rng(radius)
+    for offsets in (moore_offsets(len(shape)), cube_offsets(len(shape), radius)):
+        stencil = Stencil(shape, offsets, xp)
+        voxels = rng.integers(0, np.prod(shape), 300)
+        want_flat, want_inside = neighbours(voxels, shape, offsets)
+        flat, inside = (to_host(a) for a in stencil.neighbours(xp.asarray(voxels)))
+        assert np.array_equal(inside, want_inside)
+        assert np.array_equal(flat[inside], want_flat[want_inside])
+        assert np.all((flat == voxels[:, None])[~inside])  # outside entries point at the voxel itself
+        values = rng.random(int(np.prod(shape)))
+        want = np.where(want_inside, values[want_flat], 0).sum(axis=1)
+        assert np.allclose(to_host(stencil.window_sum(xp.asarray(values), xp.asarray(voxels))), want)
+
+
+def test_sample_uniform_is_uniform_over_candidates(xp):
+    n = 120_000
+    candidates = np.zeros((n, 5), dtype=bool)
+    candidates[: n // 2, [0, 3]] = True  # first half: two candidates
+    candidates[n // 2 : -10, [1, 2, 4]] = True  # second half: three
+    choice, possible = sample_uniform(xp.asarray(candidates), xp.asarray(np.random.default_rng(4).random(n)))
+    choice, possible = to_host(choice), to_host(possible)
+    assert np.array_equal(possible, candidates.any(axis=1))
+    assert candidates[np.arange(n)[possible], choice[possible]].all()
+    first = np.bincount(choice[: n // 2], minlength=5) / (n // 2)
+    second = np.bincount(choice[n // 2 : -10], minlength=5) / (n // 2 - 10)
+    assert np.allclose(first, [0.5, 0, 0, 0.5, 0], atol=0.01)
+    assert np.allclose(second, [0, 1 / 3, 1 / 3, 0, 1 / 3], atol=0.01)
 
 
 def test_sample_choice_follows_the_weights(xp):

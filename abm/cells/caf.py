@@ -18,7 +18,7 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import probability
 from abm.rules import rule
-from kernels.lattice import neighbours, scatter_count
+from kernels.lattice import scatter_count
 
 __all__ = ["COLUMNS", "RULES"]
 
@@ -62,12 +62,11 @@ def ecm_remodelling(sim, rng) -> None:
     ecm = sim.ecm.reshape(-1)
     c = sim.agents["caf"]
     if len(c):
-        flat, inside = neighbours(c["voxel"], sim.shape, sim.offsets)
-        flat = xp.concatenate([c["voxel"][:, None], flat], axis=1)
-        w = xp.concatenate([xp.ones((len(c), 1), dtype=bool), inside], axis=1).astype(np.float64)
+        flat, inside = sim.moore_and_self.neighbours(c["voxel"])
+        w = inside.astype(np.float64)
         w = w * c["activation"].astype(np.float64)[:, None]
         drive = scatter_count(flat.reshape(-1), sim.size, weights=w.reshape(-1))
-        touched = xp.nonzero(drive)[0]
+        touched = xp.nonzero(drive > 0)[0]
         gain = probability(cfg.immune.caf.ecm_deposition_per_min * drive[touched], sim.dt_min, xp)
         ecm[touched] += ((1.0 - ecm[touched]) * gain).astype(ecm.dtype)
     # MMP degradation only where tumour cells (one per voxel) and macrophages sit.
@@ -75,9 +74,8 @@ def ecm_remodelling(sim, rng) -> None:
     ecm[tumour_vox] *= ecm.dtype.type(np.exp(-cfg.tumour.ecm_degradation_per_min * sim.dt_min))
     m = sim.agents["macrophage"]
     if len(m):
-        n_mac = scatter_count(m["voxel"], sim.size)
-        vox = xp.nonzero(n_mac)[0]
-        rate = n_mac[vox] * cfg.immune.macrophage.ecm_degradation_per_min
+        vox, n_mac = xp.unique(m["voxel"], return_counts=True)
+        rate = n_mac.astype(np.float64) * cfg.immune.macrophage.ecm_degradation_per_min
         ecm[vox] *= xp.exp(-rate * sim.dt_min).astype(ecm.dtype)
 
 

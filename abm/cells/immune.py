@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.chemotaxis import chemotaxis_weights, sample_choice
-from kernels.lattice import neighbours
 
 __all__ = ["hill", "motility_factor", "probability", "record_walk", "record_recruitment"]
 
@@ -64,7 +63,7 @@ def record_walk(sim, kind: str, speed_um_per_min: float, sensitivity: float, hal
     if rows.shape[0] == 0:
         return
     here = voxels[rows]
-    flat, inside = neighbours(here, sim.shape, sim.offsets)
+    flat, inside = sim.moore.neighbours(here)
     room = sim.immune_occupancy.reshape(-1)[flat] < sim.config.immune.immune_capacity
     allowed = inside & room
     chem = sim.fields["chemokine"].data.reshape(-1)

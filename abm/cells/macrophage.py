@@ -26,8 +26,8 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import hill, motility_factor, probability, record_recruitment, record_walk
 from abm.rules import rule
-from kernels.chemotaxis import sample_choice
-from kernels.lattice import neighbours, scatter_count
+from kernels.chemotaxis import sample_uniform
+from kernels.lattice import scatter_count
 
 __all__ = ["COLUMNS", "M0", "M1", "M2", "RULES"]
 
@@ -80,7 +80,7 @@ def macrophage_polarisation(sim, rng) -> None:
     vox, state = m["voxel"], m["state"]
     ifng = sim.fields["ifng"].data.reshape(-1)[vox].astype(np.float64)
     ifn_drive = ifng / (ifng + p.m1_ifng_half_max)
-    flat, inside = neighbours(vox, sim.shape, sim.offsets)
+    flat, inside = sim.moore.neighbours(vox)
     debris = (inside & sim.necrotic.reshape(-1)[flat]).any(axis=1) | sim.necrotic.reshape(-1)[vox]
     to_m1_rate = p.m1_rate_per_min * xp.where(state == M0, xp.maximum(ifn_drive, debris.astype(np.float64)),
                                               xp.where(state == M2, ifn_drive, 0.0))
@@ -109,18 +109,13 @@ def macrophage_kill(sim, rng) -> None:
     if rows.shape[0] == 0 or len(sim.tumour) == 0:
         return
     here = m["voxel"][rows]
-    flat, inside = neighbours(here, sim.shape, sim.offsets)
-    flat = xp.concatenate([here[:, None], flat], axis=1)
-    inside = xp.concatenate([xp.ones((here.shape[0], 1), dtype=bool), inside], axis=1)
-    tumour_row = sim.tumour_row.reshape(-1)[flat]
-    logw = xp.where(inside & (tumour_row >= 0), 0.0, -xp.inf)
-    choice, engaged = sample_choice(logw, rng.random(flat.shape))
+    flat, inside = sim.moore_and_self.neighbours(here)
+    tumour_row = sim.tumour_row[flat]
+    choice, engaged = sample_uniform(inside & (tumour_row >= 0), rng.random(here.shape[0]))
     prob = float(probability(p.m1_kill_rate_per_day / 1440.0, sim.dt_min, np))
     kill = engaged & (rng.random(rows.shape[0]) < prob)
     target = tumour_row[kill, choice[kill]]
-    killed = xp.zeros(len(sim.tumour), dtype=bool)
-    killed[target] = True
-    sim.intents.kill("tumour", killed, sim.tumour_death_codes["macrophage"])
+    sim.intents.kill("tumour", target, sim.tumour_death_codes["macrophage"])
 
 
 @rule("macrophage_move", "behaviour")

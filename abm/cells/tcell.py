@@ -25,8 +25,8 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import hill, motility_factor, probability, record_recruitment, record_walk
 from abm.rules import rule
-from kernels.chemotaxis import sample_choice
-from kernels.lattice import neighbours, scatter_count
+from kernels.chemotaxis import sample_uniform
+from kernels.lattice import scatter_count
 
 __all__ = ["COLUMNS", "DEATH_KILL_LIMIT", "DEATH_LIFESPAN", "RULES", "suppression_components"]
 
@@ -127,13 +127,9 @@ def tcell_kill(sim, rng) -> None:
     if rows.shape[0] == 0 or len(sim.tumour) == 0:
         return
     here = t["voxel"][rows]
-    flat, inside = neighbours(here, sim.shape, sim.offsets)
-    flat = xp.concatenate([here[:, None], flat], axis=1)
-    inside = xp.concatenate([xp.ones((here.shape[0], 1), dtype=bool), inside], axis=1)
-    tumour_row = sim.tumour_row.reshape(-1)[flat]
-    candidate = inside & (tumour_row >= 0)
-    logw = xp.where(candidate, 0.0, -xp.inf)
-    choice, engaged = sample_choice(logw, rng.random(flat.shape))
+    flat, inside = sim.moore_and_self.neighbours(here)
+    tumour_row = sim.tumour_row[flat]
+    choice, engaged = sample_uniform(inside & (tumour_row >= 0), rng.random(here.shape[0]))
     rows, here = rows[engaged], here[engaged]
     target = tumour_row[engaged, choice[engaged]]
     if rows.shape[0] == 0:
@@ -150,9 +146,7 @@ def tcell_kill(sim, rng) -> None:
     q = tum["antigenicity"][target].astype(np.float64)
     p_kill = probability(p.kill_rate_per_day / 1440.0 * q * keep, sim.dt_min, xp)
     kill = rng.random(rows.shape[0]) < p_kill
-    killed = xp.zeros(len(tum), dtype=bool)
-    killed[target[kill]] = True
-    sim.intents.kill("tumour", killed, sim.tumour_death_codes["tcell"])
+    sim.intents.kill("tumour", target[kill], sim.tumour_death_codes["tcell"])
 
     engaged_all = xp.zeros(n, dtype=bool)
     engaged_all[rows] = True

@@ -32,7 +32,7 @@ import numpy as np
 
 from abm.agents import Column
 from abm.rules import rule
-from kernels.lattice import box_sum, neighbours
+from kernels.lattice import box_sum
 
 __all__ = [
     "COLUMNS",
@@ -89,13 +89,13 @@ def proliferation(sim, rng) -> None:
     wants = rng.random(n) < _probability(rate, sim.dt_min, xp)
     # Free Moore neighbours per voxel from one lattice stencil; neighbour lists only for dividing cells.
     free_grid = sim.tissue == sim.FREE
-    free_count = box_sum(free_grid, 1).reshape(-1) - free_grid.reshape(-1)
-    has_space = free_count[cells["voxel"]] > 0.5
+    free_count = box_sum(free_grid, 1, dtype=np.uint8).reshape(-1)  # a tumour voxel is not free itself
+    has_space = free_count[cells["voxel"]] > 0
     cells["quiescent"] = ~has_space
     parents = xp.nonzero(wants & has_space)[0]
     if parents.shape[0] == 0:
         return
-    flat, inside = neighbours(cells["voxel"][parents], sim.shape, sim.offsets)
+    flat, inside = sim.moore.neighbours(cells["voxel"][parents])
     free = inside & (sim.tissue.reshape(-1)[flat] == sim.FREE)
     score = xp.where(free, rng.random(free.shape), -1.0)
     choice = xp.argmax(score, axis=1)
@@ -151,12 +151,13 @@ def pdl1_expression(sim, rng) -> None:
     cells = sim.tumour
     if "ifng" not in sim.fields or len(cells) == 0:
         return
-    target = xp.full(len(cells), p.pdl1_baseline, dtype=np.float64)
+    relax = np.float32(1.0 - np.exp(-np.log(2.0) / p.pdl1_half_life_min * sim.dt_min))
+    cur = cells["pdl1"]
+    target = np.float32(p.pdl1_baseline)
     if sim.config.resistance.adaptive_pdl1:
-        target = target + p.pdl1_ifng_induced * _ifng_response(sim, cells["voxel"])
-    relax = float(1.0 - np.exp(-np.log(2.0) / p.pdl1_half_life_min * sim.dt_min))
-    cur = cells["pdl1"].astype(np.float64)
-    cells["pdl1"] = xp.clip(cur + (target - cur) * relax, 0.0, 1.0)
+        target = target + np.float32(p.pdl1_ifng_induced) * _ifng_response(sim, cells["voxel"])
+    new = cur + (target - cur) * relax  # a relaxation between values in [0, 1] stays in [0, 1]
+    cells["pdl1"] = xp.clip(new, np.float32(0), np.float32(1), out=new)
 
 
 @rule("secretion", "exchange")
@@ -167,14 +168,15 @@ def secretion(sim, rng) -> None:
     cells = sim.tumour
     if "chemokine" not in sim.fields or len(cells) == 0:
         return
-    vox = cells["voxel"]
-    chem = p.chemokine_secretion * (1.0 + p.chemokine_ifng_boost * _ifng_response(sim, vox))
+    vox = cells["voxel"]  # one tumour cell per voxel: the scatter-adds below never collide
+    rate = p.chemokine_secretion
     if cfg.resistance.chemokine_loss:
-        chem = chem * (1.0 - cfg.immune.chemokine_loss_fraction)
-    sim.fields["chemokine"].source.reshape(-1)[vox] += chem.astype(sim.dtype)
+        rate *= 1.0 - cfg.immune.chemokine_loss_fraction
+    chem = sim.dtype.type(rate) * (1 + sim.dtype.type(p.chemokine_ifng_boost) * _ifng_response(sim, vox))
+    sim.fields["chemokine"].source.reshape(-1)[vox] += chem.astype(sim.dtype, copy=False)
     o2 = sim.fields["oxygen"].data.reshape(-1)[vox]
     hypoxic = _ramp(o2, p.hypoxic_threshold_mmHg, 0.0, xp)
-    sim.fields["vegf"].source.reshape(-1)[vox] += (p.vegf_secretion_hypoxic * hypoxic).astype(sim.dtype)
+    sim.fields["vegf"].source.reshape(-1)[vox] += (p.vegf_secretion_hypoxic * hypoxic).astype(sim.dtype, copy=False)
     sim.fields["tgfb"].source.reshape(-1)[vox] += sim.dtype.type(p.tgfb_secretion)
 
 
