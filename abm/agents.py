@@ -64,24 +64,31 @@ class AgentTable:
 
     def append(self, **values) -> None:
         """Append rows; every column must be given, with equal lengths."""
-        missing = set(self.schema) - set(values)
-        if missing:
-            raise ValueError(f"append is missing column(s) {', '.join(sorted(missing))}")
-        lengths = {int(v.shape[0]) for v in values.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"append got columns of different lengths {sorted(lengths)}")
-        xp = self.xp
-        for name, col in self.schema.items():
-            self.columns[name] = xp.concatenate([self.columns[name], xp.asarray(values[name], dtype=col.dtype)])
+        self.keep(None, **values)
 
     def take(self, index) -> dict:
         """Column values at ``index`` (an integer or boolean array), as a dict of new arrays."""
         return {name: arr[index] for name, arr in self.columns.items()}
 
-    def keep(self, mask) -> None:
-        """Keep only the rows where ``mask`` is true (removes the others, preserving order)."""
-        for name in self.columns:
-            self.columns[name] = self.columns[name][mask]
+    def keep(self, mask, **appended) -> None:
+        """Keep only the rows where ``mask`` is true (``None``: all), preserving order, then append ``appended``.
+
+        Removing and appending together copies each column once. Appended rows must give every column, with
+        equal lengths.
+        """
+        xp = self.xp
+        if appended:
+            missing = set(self.schema) - set(appended)
+            if missing:
+                raise ValueError(f"append is missing column(s) {', '.join(sorted(missing))}")
+            lengths = {int(v.shape[0]) for v in appended.values()}
+            if len(lengths) != 1:
+                raise ValueError(f"append got columns of different lengths {sorted(lengths)}")
+        for name, col in self.schema.items():
+            kept = self.columns[name] if mask is None else self.columns[name][mask]
+            if appended:
+                kept = xp.concatenate([kept, xp.asarray(appended[name], dtype=col.dtype)])
+            self.columns[name] = kept
 
     def to_host(self, to_host) -> dict[str, np.ndarray]:
         """All columns as host arrays, using the backend's ``to_host``."""

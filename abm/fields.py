@@ -74,7 +74,8 @@ class DiffusingField:
         self.data = xp.full(self.shape, initial, dtype=self.dtype)
         self._scratch = xp.empty(lod_scratch_size(self.shape), dtype=self.dtype)
         self.set_diffusivity(diffusivity)
-        self.sink = xp.zeros(self.shape, dtype=self.dtype)  # 1/min, refilled each step
+        self._sink = xp.zeros(self.shape, dtype=self.dtype)  # 1/min, refilled each step
+        self._sink_touched = False
         self.source = xp.zeros(self.shape, dtype=self.dtype)  # unit/min, refilled each step
 
     def set_diffusivity(self, diffusivity) -> None:
@@ -83,12 +84,31 @@ class DiffusingField:
         self._factors = lod_factors(self.shape, self.spacing_um, self.dt_min / self.substeps, diffusivity,
                                     self.boundaries, self.dtype, self.xp, decay_per_min=self.decay_per_min)
 
+    @property
+    def sink(self):
+        """Per-voxel first-order sink of this step (1/min), for rules to add into.
+
+        A field whose sink no rule touched in a step is solved without it: the per-voxel sink path of the solver
+        (symmetrised over two sweep orders) costs about twice the plain one, and most fields have no sink.
+        """
+        self._sink_touched = True
+        return self._sink
+
+    @sink.setter
+    def sink(self, values) -> None:  # ``field.sink += x`` writes back the same buffer
+        self._sink_touched = True
+        if values is not self._sink:
+            self._sink[...] = values
+
     def clear_sources(self) -> None:
         """Zero the per-step sink and source buffers before agents record into them."""
-        self.sink.fill(0)
+        if self._sink_touched:
+            self._sink.fill(0)
+            self._sink_touched = False
         self.source.fill(0)
 
     def advance(self) -> None:
         """Advance one step: diffusion, decay and the recorded sinks and sources, all implicit."""
         for _ in range(self.substeps):
-            lod_diffuse(self.data, self._factors, self._scratch, sink_per_min=self.sink, source=self.source)
+            lod_diffuse(self.data, self._factors, self._scratch,
+                        sink_per_min=self._sink if self._sink_touched else None, source=self.source)

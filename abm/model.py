@@ -183,6 +183,7 @@ class Simulation:
         self._events = {}
         self._cache = {}
         self._vessel_supply = self._vessel_source = None
+        self._count_scratch = None  # all-zero int32 lattice, lent to _counts_near
         if initialise:
             self._seed_initial_condition()
         self._on_vessels_changed()
@@ -351,28 +352,28 @@ class Simulation:
     def _counts_near(self, kind: str, window: Stencil, voxels):
         """How many ``kind`` cells have each of ``voxels`` within their ``window`` (float64, shape ``(N,)``).
 
-        Each suppressor scatters its (symmetric) window onto a count grid once per step (cached); the asking
-        voxels then gather one value each. Suppressors are few, so this is far cheaper than summing a window
-        around every asking cell.
+        Each suppressor adds its (symmetric) window onto a persistent all-zero count grid; the asking voxels
+        gather one value each and the touched entries are zeroed again. Suppressors are few, so the cost follows
+        their number, never the lattice size or the number of asking cells.
         """
         xp = self.xp
-        key = (kind, window.radius)
-        if key not in self._cache:
-            if kind == "m2":
-                m = self.agents["macrophage"]
-                vox = m["voxel"][m["state"] == macrophage_mod.M2]
-            else:
-                t = self.agents["tcell"]
-                vox = t["voxel"][t["is_treg"]]
-            grid = None
-            if vox.shape[0]:
-                flat, inside = window.neighbours(vox)
-                grid = scatter_count(flat.reshape(-1), self.size, weights=inside.reshape(-1))
-            self._cache[key] = grid
-        grid = self._cache[key]
-        if grid is None:  # none present: common, and saves the gather
+        if kind == "m2":
+            m = self.agents["macrophage"]
+            vox = m["voxel"][m["state"] == macrophage_mod.M2]
+        else:
+            t = self.agents["tcell"]
+            vox = t["voxel"][t["is_treg"]]
+        if vox.shape[0] == 0:  # none present: common, and saves the scatter
             return xp.zeros(voxels.shape[0], dtype=np.float64)
-        return grid[voxels]
+        if self._count_scratch is None:
+            self._count_scratch = xp.zeros(self.size, dtype=np.int32)
+        grid = self._count_scratch
+        flat, inside = window.neighbours(vox)
+        flat = flat.reshape(-1)
+        xp.add.at(grid, flat, inside.reshape(-1).astype(np.int32))  # outside entries point home and add 0
+        counts = grid[voxels].astype(np.float64)
+        grid[flat] = 0
+        return counts
 
     def _on_vessels_changed(self) -> None:
         ox = self.config.fields.oxygen
@@ -470,8 +471,7 @@ class Simulation:
                 if self.immune_enabled:
                     daughters["antigenicity"] = tumour_mod.mutate_antigenicity(
                         self, daughters["antigenicity"], self.rng("antigen_mutation"))
-                cells.keep(cause == 0)
-                cells.append(**daughters)
+                cells.keep(cause == 0, **daughters)
             else:
                 cells.keep(cause == 0)
         else:

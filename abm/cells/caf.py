@@ -63,8 +63,7 @@ def ecm_remodelling(sim, rng) -> None:
     c = sim.agents["caf"]
     if len(c):
         flat, inside = sim.moore_and_self.neighbours(c["voxel"])
-        w = inside.astype(np.float64)
-        w = w * c["activation"].astype(np.float64)[:, None]
+        w = inside * c["activation"].astype(np.float64)[None, :]
         drive = scatter_count(flat.reshape(-1), sim.size, weights=w.reshape(-1))
         touched = xp.nonzero(drive > 0)[0]
         gain = probability(cfg.immune.caf.ecm_deposition_per_min * drive[touched], sim.dt_min, xp)

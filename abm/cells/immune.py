@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.chemotaxis import chemotaxis_weights, sample_choice
+from kernels.chemotaxis import chemotaxis_weights, pick, sample_choice
 
 __all__ = ["hill", "motility_factor", "probability", "record_walk", "record_recruitment"]
 
@@ -64,12 +64,12 @@ def record_walk(sim, kind: str, speed_um_per_min: float, sensitivity: float, hal
         return
     here = voxels[rows]
     flat, inside = sim.moore.neighbours(here)
-    room = sim.immune_occupancy.reshape(-1)[flat] < sim.config.immune.immune_capacity
+    room = sim.immune_occupancy.reshape(-1).take(flat) < sim.config.immune.immune_capacity
     allowed = inside & room
     chem = sim.fields["chemokine"].data.reshape(-1)
-    logw = chemotaxis_weights(chem[here], chem[flat], allowed, sensitivity, half_max)
-    choice, possible = sample_choice(logw, rng.random(flat.shape))
-    rows, targets = rows[possible], flat[possible, choice[possible]]
+    logw = chemotaxis_weights(chem.take(here), chem.take(flat), allowed, sensitivity, half_max)
+    choice, possible = sample_choice(logw, rng.random(here.shape[0]))
+    rows, targets = rows[possible], pick(flat, choice)[possible]
     sim.intents.move(kind, rows, targets)
 
 

@@ -26,8 +26,9 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import hill, motility_factor, probability, record_recruitment, record_walk
 from abm.rules import rule
-from kernels.chemotaxis import sample_uniform
+from kernels.chemotaxis import pick, sample_uniform
 from kernels.lattice import scatter_count
+from kernels.sampling import bernoulli_rows
 
 __all__ = ["COLUMNS", "M0", "M1", "M2", "RULES"]
 
@@ -81,7 +82,7 @@ def macrophage_polarisation(sim, rng) -> None:
     ifng = sim.fields["ifng"].data.reshape(-1)[vox].astype(np.float64)
     ifn_drive = ifng / (ifng + p.m1_ifng_half_max)
     flat, inside = sim.moore.neighbours(vox)
-    debris = (inside & sim.necrotic.reshape(-1)[flat]).any(axis=1) | sim.necrotic.reshape(-1)[vox]
+    debris = (inside & sim.necrotic.reshape(-1).take(flat)).any(axis=0) | sim.necrotic.reshape(-1)[vox]
     to_m1_rate = p.m1_rate_per_min * xp.where(state == M0, xp.maximum(ifn_drive, debris.astype(np.float64)),
                                               xp.where(state == M2, ifn_drive, 0.0))
     m2_rate = xp.full(n, p.m2_base_rate_per_min, dtype=np.float64)
@@ -110,11 +111,11 @@ def macrophage_kill(sim, rng) -> None:
         return
     here = m["voxel"][rows]
     flat, inside = sim.moore_and_self.neighbours(here)
-    tumour_row = sim.tumour_row[flat]
+    tumour_row = sim.tumour_row.take(flat)
     choice, engaged = sample_uniform(inside & (tumour_row >= 0), rng.random(here.shape[0]))
     prob = float(probability(p.m1_kill_rate_per_day / 1440.0, sim.dt_min, np))
     kill = engaged & (rng.random(rows.shape[0]) < prob)
-    target = tumour_row[kill, choice[kill]]
+    target = pick(tumour_row, choice)[kill]
     sim.intents.kill("tumour", target, sim.tumour_death_codes["macrophage"])
 
 
@@ -138,7 +139,7 @@ def macrophage_death(sim, rng) -> None:
         return
     m["age_min"] = m["age_min"] + np.float32(sim.dt_min)
     prob = float(probability(1.0 / sim.config.immune.macrophage.lifespan_min, sim.dt_min, np))
-    sim.intents.kill("macrophage", rng.random(n) < prob, DEATH_LIFESPAN)
+    sim.intents.kill("macrophage", bernoulli_rows(rng, n, prob, sim.xp), DEATH_LIFESPAN)
 
 
 RULES = {r.name: r for r in (macrophage_secretion, macrophage_recruitment, macrophage_polarisation,

@@ -25,8 +25,9 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import hill, motility_factor, probability, record_recruitment, record_walk
 from abm.rules import rule
-from kernels.chemotaxis import sample_uniform
+from kernels.chemotaxis import pick, sample_uniform
 from kernels.lattice import scatter_count
+from kernels.sampling import bernoulli_rows
 
 __all__ = ["COLUMNS", "DEATH_KILL_LIMIT", "DEATH_LIFESPAN", "RULES", "suppression_components"]
 
@@ -128,10 +129,10 @@ def tcell_kill(sim, rng) -> None:
         return
     here = t["voxel"][rows]
     flat, inside = sim.moore_and_self.neighbours(here)
-    tumour_row = sim.tumour_row[flat]
+    tumour_row = sim.tumour_row.take(flat)
     choice, engaged = sample_uniform(inside & (tumour_row >= 0), rng.random(here.shape[0]))
     rows, here = rows[engaged], here[engaged]
-    target = tumour_row[engaged, choice[engaged]]
+    target = pick(tumour_row, choice)[engaged]
     if rows.shape[0] == 0:
         return
     tum = sim.tumour
@@ -180,7 +181,7 @@ def tcell_death(sim, rng) -> None:
     if n == 0:
         return
     t["age_min"] = t["age_min"] + np.float32(sim.dt_min)
-    old = rng.random(n) < float(probability(1.0 / p.lifespan_min, sim.dt_min, np))
+    old = bernoulli_rows(rng, n, float(probability(1.0 / p.lifespan_min, sim.dt_min, np)), sim.xp)
     sim.intents.kill("tcell", old, DEATH_LIFESPAN)
     sim.intents.kill("tcell", t["kills"] >= p.max_kills, DEATH_KILL_LIMIT)
 

@@ -32,7 +32,9 @@ import numpy as np
 
 from abm.agents import Column
 from abm.rules import rule
+from kernels.chemotaxis import pick, sample_uniform
 from kernels.lattice import box_sum
+from kernels.sampling import bernoulli_rows, thinned_rows
 
 __all__ = [
     "COLUMNS",
@@ -71,7 +73,7 @@ def _probability(rate_per_min, dt_min, xp):
 def oxygen_uptake(sim, rng) -> None:
     """Record first-order O2 uptake in every voxel holding a live tumour cell."""
     field = sim.fields["oxygen"]
-    field.sink.reshape(-1)[sim.tumour["voxel"]] += sim.config.tumour.oxygen_uptake_per_min
+    sim.xp.add.at(field.sink.reshape(-1), sim.tumour["voxel"], sim.dtype.type(sim.config.tumour.oxygen_uptake_per_min))
 
 
 @rule("proliferation", "behaviour")
@@ -82,47 +84,48 @@ def proliferation(sim, rng) -> None:
     n = len(cells)
     if n == 0:
         return
-    o2 = sim.fields["oxygen"].data.reshape(-1)[cells["voxel"]]
-    rate = p.proliferation_rate_per_min * _ramp(
-        o2, p.proliferation_o2_threshold_mmHg, p.proliferation_o2_saturation_mmHg, xp
-    )
-    wants = rng.random(n) < _probability(rate, sim.dt_min, xp)
+    vox = cells["voxel"]
     # Free Moore neighbours per voxel from one lattice stencil; neighbour lists only for dividing cells.
     free_grid = sim.tissue == sim.FREE
     free_count = box_sum(free_grid, 1, dtype=np.uint8).reshape(-1)  # a tumour voxel is not free itself
-    has_space = free_count[cells["voxel"]] > 0
+    has_space = free_count[vox] > 0
     cells["quiescent"] = ~has_space
-    parents = xp.nonzero(wants & has_space)[0]
+    o2 = sim.fields["oxygen"].data.reshape(-1)
+
+    def divide_probability(rows):
+        ramp = _ramp(o2[vox[rows]], p.proliferation_o2_threshold_mmHg, p.proliferation_o2_saturation_mmHg, xp)
+        return _probability(p.proliferation_rate_per_min * ramp, sim.dt_min, xp) * has_space[rows]
+
+    p_max = float(_probability(p.proliferation_rate_per_min, sim.dt_min, np))
+    parents = thinned_rows(rng, n, p_max, divide_probability, xp)
     if parents.shape[0] == 0:
         return
-    flat, inside = sim.moore.neighbours(cells["voxel"][parents])
-    free = inside & (sim.tissue.reshape(-1)[flat] == sim.FREE)
-    score = xp.where(free, rng.random(free.shape), -1.0)
-    choice = xp.argmax(score, axis=1)
-    targets = flat[xp.arange(parents.shape[0]), choice]
-    sim.intents.divide("tumour", parents, targets)
+    flat, inside = sim.moore.neighbours(vox[parents])
+    free = inside & (sim.tissue.reshape(-1).take(flat) == sim.FREE)
+    choice, _ = sample_uniform(free, rng.random(parents.shape[0]))  # every parent has a free neighbour
+    sim.intents.divide("tumour", parents, pick(flat, choice))
 
 
 @rule("apoptosis", "behaviour")
 def apoptosis(sim, rng) -> None:
     """Record background apoptosis at a constant rate."""
-    n = len(sim.tumour)
-    if n == 0:
-        return
     prob = float(_probability(sim.config.tumour.apoptosis_rate_per_min, sim.dt_min, np))
-    sim.intents.kill("tumour", rng.random(n) < prob, DEATH_APOPTOSIS)
+    sim.intents.kill("tumour", bernoulli_rows(rng, len(sim.tumour), prob, sim.xp), DEATH_APOPTOSIS)
 
 
 @rule("necrosis", "behaviour")
 def necrosis(sim, rng) -> None:
     """Record necrotic death under hypoxia (PhysiCell's linear ramp between onset and maximal pO2)."""
     xp, p = sim.xp, sim.config.tumour
-    n = len(sim.tumour)
-    if n == 0:
-        return
-    o2 = sim.fields["oxygen"].data.reshape(-1)[sim.tumour["voxel"]]
-    rate = p.necrosis_rate_per_min * _ramp(o2, p.necrosis_onset_mmHg, p.necrosis_max_mmHg, xp)
-    sim.intents.kill("tumour", rng.random(n) < _probability(rate, sim.dt_min, xp), DEATH_NECROSIS)
+    vox = sim.tumour["voxel"]
+    o2 = sim.fields["oxygen"].data.reshape(-1)
+
+    def death_probability(rows):
+        ramp = _ramp(o2[vox[rows]], p.necrosis_onset_mmHg, p.necrosis_max_mmHg, xp)
+        return _probability(p.necrosis_rate_per_min * ramp, sim.dt_min, xp)
+
+    p_max = float(_probability(p.necrosis_rate_per_min, sim.dt_min, np))
+    sim.intents.kill("tumour", thinned_rows(rng, len(sim.tumour), p_max, death_probability, xp), DEATH_NECROSIS)
 
 
 @rule("necrotic_clearance", "behaviour")
@@ -168,16 +171,16 @@ def secretion(sim, rng) -> None:
     cells = sim.tumour
     if "chemokine" not in sim.fields or len(cells) == 0:
         return
-    vox = cells["voxel"]  # one tumour cell per voxel: the scatter-adds below never collide
+    vox = cells["voxel"]
     rate = p.chemokine_secretion
     if cfg.resistance.chemokine_loss:
         rate *= 1.0 - cfg.immune.chemokine_loss_fraction
     chem = sim.dtype.type(rate) * (1 + sim.dtype.type(p.chemokine_ifng_boost) * _ifng_response(sim, vox))
-    sim.fields["chemokine"].source.reshape(-1)[vox] += chem.astype(sim.dtype, copy=False)
+    xp.add.at(sim.fields["chemokine"].source.reshape(-1), vox, chem.astype(sim.dtype, copy=False))
     o2 = sim.fields["oxygen"].data.reshape(-1)[vox]
     hypoxic = _ramp(o2, p.hypoxic_threshold_mmHg, 0.0, xp)
-    sim.fields["vegf"].source.reshape(-1)[vox] += (p.vegf_secretion_hypoxic * hypoxic).astype(sim.dtype, copy=False)
-    sim.fields["tgfb"].source.reshape(-1)[vox] += sim.dtype.type(p.tgfb_secretion)
+    xp.add.at(sim.fields["vegf"].source.reshape(-1), vox, (p.vegf_secretion_hypoxic * hypoxic).astype(sim.dtype))
+    xp.add.at(sim.fields["tgfb"].source.reshape(-1), vox, sim.dtype.type(p.tgfb_secretion))
 
 
 def mutate_antigenicity(sim, antigenicity, rng):
