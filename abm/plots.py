@@ -26,7 +26,6 @@ LAYER_COLOURS = {"vessels": (0.15, 0.35, 0.85), "necrotic": (0.25, 0.25, 0.25), 
 
 _COUNT_SUFFIXES = ("_cells", "_voxels", "_quiescent", "_hypoxic")
 _EVENT_MARKERS = ("_births", "_deaths", "_kills", "_cleared", "_recruited")
-_IMMUNE_PREFIXES = ("immune_", "cd8_", "treg_", "macrophage_", "infiltration", "tcell_")
 _DRUG_PREFIXES = ("drug_", "pk_", "occupancy_")
 
 
@@ -55,11 +54,6 @@ def population_metrics(ts: dict) -> list[str]:
 def event_metrics(ts: dict) -> list[str]:
     """Names of the per-step event series (births, deaths, kills, clearance, recruitment)."""
     return _select(ts, lambda k: any(m in k for m in _EVENT_MARKERS))
-
-
-def immune_metrics(ts: dict) -> list[str]:
-    """Names of immune phenotype and infiltration series (none until immune cells exist)."""
-    return _select(ts, lambda k: k.startswith(_IMMUNE_PREFIXES))
 
 
 def drug_metrics(ts: dict) -> list[str]:
@@ -118,6 +112,81 @@ def draw_hypoxia(ax, ts: dict) -> None:
     ax.set_xlabel("time (days)")
     ax.set_ylabel("fraction of live tumour cells")
     ax.set_title("Hypoxic fraction")
+
+
+# Immune readouts (runs with the immune layer write ``immune_phenotype_code``)
+_PHENOTYPE_LABELS = {0: "no tumour", 1: "inflamed", 2: "excluded", 3: "desert"}  # abm.model.PHENOTYPE_CODES
+
+
+def has_immune_readouts(ts: dict) -> bool:
+    """Whether a time series comes from a run with the immune layer."""
+    return "immune_phenotype_code" in ts
+
+
+def _plot_present(ax, ts: dict, names, **kwargs) -> None:
+    t = _days(ts)
+    for name in names:
+        if name in ts:
+            ax.plot(t, ts[name], label=name.replace("_", " "), **kwargs)
+
+
+def draw_immune_cells(ax, ts: dict) -> None:
+    """T cells and macrophages per state, with tumour cells killed per step on a second axis."""
+    _plot_present(ax, ts, ("tcell_effector", "tcell_exhausted", "tcell_treg", "macrophage_m0", "macrophage_m1",
+                           "macrophage_m2"))
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("cells")
+    ax.set_title("Immune cells")
+    ax.legend(loc="upper left", fontsize=7)
+    kills = [n for n in ("tumour_killed_by_tcell", "tumour_killed_by_macrophage") if n in ts]
+    if kills:
+        twin = ax.twinx()
+        for name, style in zip(kills, ("-", "--")):
+            twin.plot(_days(ts), ts[name], color="0.45", lw=0.7, ls=style, label=name.replace("_", " "))
+        twin.set_ylabel("tumour cells killed per step")
+        twin.legend(loc="upper right", fontsize=7)
+
+
+def draw_infiltration(ax, ts: dict) -> None:
+    """CD8 density in the tumour core, the invasive margin and the stroma, with the phenotype label over time."""
+    t = _days(ts)
+    for region, colour in (("core", "tab:red"), ("margin", "tab:orange"), ("stroma", "tab:green")):
+        name = f"cd8_density_{region}"
+        if name in ts:
+            ax.plot(t, ts[name], color=colour, label=f"CD8 {region}")
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("CD8 cells per mm²")
+    code = np.asarray(ts["immune_phenotype_code"]).astype(int)
+    last = _PHENOTYPE_LABELS.get(int(code[-1]), "?") if code.size else "?"
+    ax.set_title(f"CD8 infiltration (phenotype now: {last})")
+    ax.legend(loc="upper left", fontsize=7)
+    twin = ax.twinx()
+    twin.step(t, code, where="post", color="0.35", lw=0.8, ls=":")
+    twin.set_yticks(list(_PHENOTYPE_LABELS), list(_PHENOTYPE_LABELS.values()), fontsize=7)
+    twin.set_ylim(-0.3, 3.3)
+
+
+def draw_immune_state(ax, ts: dict) -> None:
+    """Fractions (exhausted, mean antigenicity, mean PD-L1, priming) and the effector:Treg and M1:M2 ratios."""
+    _plot_present(ax, ts, ("exhausted_fraction", "antigenicity_mean", "pdl1_mean", "priming"))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("fraction / mean (0..1)")
+    ax.set_title("Immune state")
+    ax.legend(loc="upper left", fontsize=7)
+    ratios = [n for n in ("effector_treg_ratio", "m1_m2_ratio") if n in ts]
+    if ratios:
+        twin = ax.twinx()
+        for name, style in zip(ratios, ("-", "--")):
+            values = np.asarray(ts[name], dtype=float)
+            twin.plot(_days(ts), np.where(np.isfinite(values) & (values > 0), values, np.nan), color="0.3",
+                      lw=0.8, ls=style, label=name.replace("_", " "))
+        twin.set_yscale("log")
+        twin.set_ylabel("ratio")
+        twin.legend(loc="lower right", fontsize=7)
+
+
+IMMUNE_PANELS = (draw_immune_cells, draw_infiltration, draw_immune_state)
 
 
 def _draw_series(ax, ts: dict, names: list[str], title: str, ylabel: str) -> None:
@@ -256,6 +325,10 @@ def _field_unit(name: str) -> str:
 def plot_summary(h5_path, png_path) -> Path:
     """Write ``summary.png``: populations, tumour burden with RECIST thresholds and hypoxic fraction.
 
+    Runs with the immune layer get a second row: immune cells per state with kills per step, CD8 density per
+    region with the phenotype label, and the immune state (exhausted fraction, antigenicity, PD-L1, priming,
+    effector:Treg and M1:M2 ratios).
+
     Parameters
     ----------
     h5_path : path-like
@@ -276,9 +349,17 @@ def plot_summary(h5_path, png_path) -> Path:
         panels.append(draw_burden)
     if "hypoxic_fraction" in ts:
         panels.append(draw_hypoxia)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), constrained_layout=True, squeeze=False)
-    for ax, draw in zip(axes[0], panels):
-        draw(ax, ts)
+    rows = [panels]
+    if has_immune_readouts(ts):
+        rows.append(list(IMMUNE_PANELS))
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(5.2 * ncols, 3.8 * len(rows)), constrained_layout=True,
+                             squeeze=False)
+    for row, drawers in zip(axes, rows):
+        for ax, draw in zip(row, drawers):
+            draw(ax, ts)
+        for ax in row[len(drawers):]:
+            ax.set_visible(False)
     fig.suptitle(Path(h5_path).parent.name)
     png_path = Path(png_path)
     fig.savefig(png_path, dpi=110)
@@ -349,8 +430,16 @@ def plot_run(h5_path, out_dir, times=None, dpi: int = 110) -> PlotResult:
                     save(fig, f"{name}.png")
                 else:
                     result.skipped[name] = f"no '{needed}' time series in this run"
+            if has_immune_readouts(ts):
+                fig, axes = plt.subplots(1, len(IMMUNE_PANELS), figsize=(5.4 * len(IMMUNE_PANELS), 4),
+                                         constrained_layout=True)
+                for ax, draw in zip(axes, IMMUNE_PANELS):
+                    draw(ax, ts)
+                fig.suptitle(f"{title}: immune readouts")
+                save(fig, "immune.png")
+            else:
+                result.skipped["immune"] = "not available (the run has no immune layer)"
             for name, names, title_, ylabel in (
-                ("immune", immune_metrics(ts), "Immune phenotype", "value"),
                 ("drugs", drug_metrics(ts), "Drug levels", "concentration / occupancy"),
             ):
                 if names:

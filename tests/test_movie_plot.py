@@ -110,6 +110,21 @@ def test_plot_writes_pngs_and_names_missing_panels(run_file, tmp_path, capsys):
     assert (run_file.parent / "summary.png").stat().st_size > 1000  # tme run draws with the same panels
 
 
+def test_immune_run_plots_its_readouts(tmp_path, capsys):
+    from PIL import Image
+
+    cfg = load_config(REPO / "configs" / "immune_inflamed.toml", ["grid.shape=[40,40]", "time.duration_min=240",
+                                                                   "output.snapshot_interval_min=120"])
+    h5 = run_simulation(cfg, tmp_path / "run", progress=False).h5_path
+    out = tmp_path / "plots"
+    assert main(["plot", str(h5), "--out", str(out)]) == 0
+    assert "skipped immune" not in capsys.readouterr().out
+    assert (out / "immune.png").stat().st_size > 1000
+    with Image.open(h5.parent / "summary.png") as summary:  # a second row of immune panels
+        width, height = summary.size
+    assert height > 0.4 * width
+
+
 def test_recist_categories():
     from abm.analysis import recist_categories
 
