@@ -30,6 +30,7 @@ from abm.cells import tumour as tumour_mod
 from abm.config import Config
 from abm.fields import DiffusingField, face_boundaries
 from abm.rules import rule
+from kernels.chemotaxis import pick, sample_uniform
 from kernels.lattice import (
     Stencil,
     box_sum,
@@ -349,6 +350,21 @@ class Simulation:
         """Number of M2 macrophages in the Moore neighbourhood of ``voxels`` (the voxel included), float64."""
         return self._counts_near("m2", self.moore_and_self, voxels)
 
+    def adjacent_tumour_cell(self, voxels, uniforms):
+        """A tumour cell picked uniformly in each of ``voxels`` or its Moore neighbours.
+
+        Returns
+        -------
+        rows : int array, shape ``(N,)``
+            Tumour-table row of the pick (meaningless where ``found`` is false).
+        found : bool array, shape ``(N,)``
+            Whether any tumour cell was in reach.
+        """
+        flat, inside = self.moore_and_self.neighbours(voxels)
+        tumour_row = self.tumour_row.take(flat)
+        choice, found = sample_uniform(inside & (tumour_row >= 0), uniforms)
+        return pick(tumour_row, choice), found
+
     def _counts_near(self, kind: str, window: Stencil, voxels):
         """How many ``kind`` cells have each of ``voxels`` within their ``window`` (float64, shape ``(N,)``).
 
@@ -498,6 +514,21 @@ class Simulation:
             self._commit_immune(ev)
         self._events = ev
 
+    def _admit(self, requests, stream: str, slots):
+        """Resolve requests for immune-layer places against ``slots`` free places per voxel, in one draw.
+
+        ``requests`` is a list of ``(voxels, payload)``; yields ``(payload, voxels, admitted)`` per request, with
+        ``admitted`` a boolean mask over its voxels. Priorities come from the random stream ``stream``.
+        """
+        if not requests:
+            return
+        voxels = self.xp.concatenate([v for v, _ in requests])
+        won = resolve_capacity(voxels, self.rng(stream).random(voxels.shape[0]), slots)
+        start = 0
+        for v, payload in requests:
+            yield payload, v, won[start:start + v.shape[0]]
+            start += v.shape[0]
+
     def _commit_immune(self, ev: dict) -> None:
         """Immune layer: moves (random priority against free places), deaths, recruitment, priming."""
         xp = self.xp
@@ -506,16 +537,9 @@ class Simulation:
         tables = {k: self.agents[k] for k in kinds}
         occupancy = self.immune_occupancy.reshape(-1)  # counted at the start of the step; nobody moved since
         # Moves: every current occupant holds its place this step, so a voxel never overfills.
-        requests = [(k, r, tg) for k in kinds for r, tg in self.intents.moves.get(k, [])]
-        if requests:
-            targets = xp.concatenate([tg for _, _, tg in requests])
-            won = resolve_capacity(targets, self.rng("immune_moves").random(targets.shape[0]), cap - occupancy)
-            start = 0
-            for k, rows, tg in requests:
-                w = won[start:start + rows.shape[0]]
-                start += rows.shape[0]
-                vox = tables[k]["voxel"]
-                vox[rows[w]] = tg[w]
+        requests = [(tg, (k, r)) for k in kinds for r, tg in self.intents.moves.get(k, [])]
+        for (k, rows), tg, w in self._admit(requests, "immune_moves", cap - occupancy):
+            tables[k]["voxel"][rows[w]] = tg[w]
         # Deaths.
         for k, t in tables.items():
             cause = self.intents.death_cause[k]
@@ -523,20 +547,14 @@ class Simulation:
             t.keep(cause == 0)
         # Recruitment at vessel voxels against the places left.
         occupancy = self._immune_counts()
-        requests = [(k, v, c) for k in kinds for v, c in self.intents.recruits.get(k, [])]
+        requests = [(v, (k, c)) for k in kinds for v, c in self.intents.recruits.get(k, [])]
         ev["tcell_recruited"] = ev["treg_recruited"] = ev["macrophage_recruited"] = xp.zeros((), dtype=np.int64)
-        if requests:
-            voxels = xp.concatenate([v for _, v, _ in requests])
-            won = resolve_capacity(voxels, self.rng("immune_recruitment").random(voxels.shape[0]), cap - occupancy)
-            start = 0
-            for k, v, cols in requests:
-                w = won[start:start + v.shape[0]]
-                start += v.shape[0]
-                new = v[w]
-                m = new.shape[0]
-                tables[k].append(voxel=new, **{c: xp.full(m, val) for c, val in cols.items()})
-                key = "treg_recruited" if cols.get("is_treg", False) else f"{k}_recruited"
-                ev[key] = ev[key] + m
+        for (k, cols), v, w in self._admit(requests, "immune_recruitment", cap - occupancy):
+            new = v[w]
+            m = new.shape[0]
+            tables[k].append(voxel=new, **{c: xp.full(m, val) for c, val in cols.items()})
+            key = "treg_recruited" if cols.get("is_treg", False) else f"{k}_recruited"
+            ev[key] = ev[key] + m
         # Priming: antigen from dying tumour cells raises it (logistic to 1); it relaxes slowly without antigen.
         im = self.config.immune
         antigen = float(self.backend.to_host(xp.asarray(ev["antigen_released"])))

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 from conftest import to_host
 
 from abm.config import parse_config
@@ -257,13 +256,12 @@ def test_sigterm_writes_final_snapshot_and_closes_cleanly(tmp_path):
 
 
 def test_missing_gpu_backend_is_a_user_error(tmp_path):
-    try:
-        import cupy  # noqa: F401
-
-        pytest.skip("CuPy is installed here; the message for a missing CuPy cannot be checked")
-    except ImportError:
-        pass
+    # Hide CuPy from the child process (it may be installed here) so the missing-CuPy path always runs.
+    hidden = tmp_path / "no_cupy" / "cupy"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'cupy'\")\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hidden.parent), str(REPO)]))
     proc = subprocess.run([sys.executable, "-m", "abm.cli", "run", str(REPO / "configs/quickstart.toml"),
                            "--backend", "cupy", "--out", str(tmp_path / "o"), "--quiet"],
-                          cwd=REPO, capture_output=True, text=True)
+                          cwd=REPO, capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "CuPy" in proc.stderr and "Traceback" not in proc.stderr

@@ -26,7 +26,6 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import hill, motility_factor, probability, record_recruitment, record_walk
 from abm.rules import rule
-from kernels.chemotaxis import pick, sample_uniform
 from kernels.lattice import scatter_count
 from kernels.sampling import bernoulli_rows
 
@@ -110,13 +109,10 @@ def macrophage_kill(sim, rng) -> None:
     if rows.shape[0] == 0 or len(sim.tumour) == 0:
         return
     here = m["voxel"][rows]
-    flat, inside = sim.moore_and_self.neighbours(here)
-    tumour_row = sim.tumour_row.take(flat)
-    choice, engaged = sample_uniform(inside & (tumour_row >= 0), rng.random(here.shape[0]))
+    target, engaged = sim.adjacent_tumour_cell(here, rng.random(here.shape[0]))
     prob = float(probability(p.m1_kill_rate_per_day / 1440.0, sim.dt_min, np))
     kill = engaged & (rng.random(rows.shape[0]) < prob)
-    target = pick(tumour_row, choice)[kill]
-    sim.intents.kill("tumour", target, sim.tumour_death_codes["macrophage"])
+    sim.intents.kill("tumour", target[kill], sim.tumour_death_codes["macrophage"])
 
 
 @rule("macrophage_move", "behaviour")

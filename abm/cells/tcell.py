@@ -25,7 +25,6 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import hill, motility_factor, probability, record_recruitment, record_walk
 from abm.rules import rule
-from kernels.chemotaxis import pick, sample_uniform
 from kernels.lattice import scatter_count
 from kernels.sampling import bernoulli_rows
 
@@ -128,11 +127,8 @@ def tcell_kill(sim, rng) -> None:
     if rows.shape[0] == 0 or len(sim.tumour) == 0:
         return
     here = t["voxel"][rows]
-    flat, inside = sim.moore_and_self.neighbours(here)
-    tumour_row = sim.tumour_row.take(flat)
-    choice, engaged = sample_uniform(inside & (tumour_row >= 0), rng.random(here.shape[0]))
-    rows, here = rows[engaged], here[engaged]
-    target = pick(tumour_row, choice)[engaged]
+    target, engaged = sim.adjacent_tumour_cell(here, rng.random(here.shape[0]))
+    rows, here, target = rows[engaged], here[engaged], target[engaged]
     if rows.shape[0] == 0:
         return
     tum = sim.tumour
