@@ -8,11 +8,13 @@ asked for (``"cupy"``) or probed (``"auto"``).
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.random.bit_generator import ISeedSequence
 
 __all__ = ["Backend", "BackendError", "StepRandom", "get_backend", "tune_host_allocator"]
 
@@ -62,12 +64,40 @@ def tune_host_allocator() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 256 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
+class _StreamSeed(ISeedSequence):
+    """The seed words of stream ``(seed, stream)``, hashed once by :class:`numpy.random.SeedSequence`."""
+
+    __slots__ = ("_seq", "_words")
+
+    def __init__(self, seed: int, stream: int):
+        self._seq = np.random.SeedSequence(entropy=seed, spawn_key=(stream,))
+        self._words = self._seq.generate_state(4, np.uint64)
+        self._words.flags.writeable = False
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4096)
+    def of(seed: int, stream: int) -> _StreamSeed:
+        return _StreamSeed(seed, stream)
+
+    def generate_state(self, n_words, dtype=np.uint32):
+        """The cached words when PCG64 asks for its four 64-bit words, otherwise the seed sequence's."""
+        if n_words == 4 and np.dtype(dtype) == np.uint64:
+            return self._words.copy()
+        return self._seq.generate_state(n_words, dtype)
+
+
 class StepRandom:
     """The random stream of one simulation step, derived from ``(seed, step)``.
 
     Deriving every step's stream from the root seed and the step number makes a restart from any snapshot
     continue bit-identically without storing generator state. ``stream`` separates independent uses (initial
-    condition, the steps) so they never share numbers.
+    condition, each rule) so they never share numbers.
+
+    On NumPy, ``(seed, stream)`` seeds a PCG64 generator through :class:`numpy.random.SeedSequence` and step
+    ``s`` starts ``s * 2**64`` draws into its period (``PCG64.advance``), so steps never overlap. The seed words
+    of ``(seed, stream)`` are hashed once per process; a step's generator then costs about 2 µs instead of the
+    ~15 µs of a fresh seed sequence, which matters at a dozen rule streams per step. On CuPy, cuRAND's XORWOW is
+    seeded from the seed sequence of ``(seed, stream, step)``.
 
     Parameters
     ----------
@@ -76,7 +106,7 @@ class StepRandom:
     seed : int
         Root seed of the run.
     step : int
-        Step number (or another integer key).
+        Step number (or another integer key), ``0 <= step < 2**64``.
     stream : int
         Purpose key: 0 for steps, 1 for the initial condition.
     """
@@ -90,11 +120,13 @@ class StepRandom:
     def _gen(self):
         if self._generator is None:
             seed, stream, step = self._key
-            seq = np.random.SeedSequence(entropy=seed, spawn_key=(stream, step))
             if self.xp is np:
-                self._generator = np.random.Generator(np.random.PCG64(seq))
+                bits = np.random.PCG64(_StreamSeed.of(seed, stream))
+                bits.advance(step << 64)
+                self._generator = np.random.Generator(bits)
             else:
-                # CuPy's cuRAND generator is seeded from the same seed sequence.
+                # CuPy's cuRAND generator is seeded from the seed sequence of (seed, stream, step).
+                seq = np.random.SeedSequence(entropy=seed, spawn_key=(stream, step))
                 self._generator = self.xp.random.Generator(self.xp.random.XORWOW(seq, size=self._CUPY_CHUNK))
         return self._generator
 

@@ -182,7 +182,6 @@ class Simulation:
             self._init_immune_layer()
         self.intents = Intents(xp)
         self._events = {}
-        self._cache = {}
         self._vessel_supply = self._vessel_source = None
         self._count_scratch = None  # all-zero int32 lattice, lent to _counts_near
         if initialise:
@@ -192,6 +191,11 @@ class Simulation:
 
     # ----------------------------------------------------------------------------------------------------------
     # Set-up
+    @property
+    def tumour_grid(self):
+        """Boolean lattice, true where a live tumour cell sits (from the tissue layer of this step)."""
+        return self.tissue == self.TUMOUR
+
     @property
     def time_min(self) -> float:
         """Simulated time in minutes."""
@@ -399,14 +403,14 @@ class Simulation:
 
     def _rebuild_tissue(self) -> None:
         t = self.tissue
+        flat = t.reshape(-1)
         t.fill(self.FREE)
-        t[self.vessels] = self.VESSEL
+        flat[self._vessel_voxels] = self.VESSEL
         t[self.necrotic] = self.NECROTIC
-        t.reshape(-1)[self.tumour["voxel"]] = self.TUMOUR
-        self._cache = {}
+        flat[self.tumour["voxel"]] = self.TUMOUR
         if self.immune_enabled:
             xp = self.xp
-            t.reshape(-1)[self.agents["caf"]["voxel"]] = self.CAF
+            flat[self.agents["caf"]["voxel"]] = self.CAF
             row = xp.full(self.size, -1, dtype=np.int32)  # tumour row per voxel, -1 where none
             row[self.tumour["voxel"]] = xp.arange(len(self.tumour), dtype=np.int32)
             self.tumour_row = row

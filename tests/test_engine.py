@@ -178,8 +178,8 @@ def _spheroid(radius_um, steps):
 def test_3d_spheroid_grows_necrotic_core_only_past_oxygen_limit():
     centre_um = 54 * 20 / 2
     big = _spheroid(480, 90)
-    o2 = big.fields["oxygen"].data
-    assert o2[27, 27, 27] < big.config.tumour.necrosis_onset_mmHg
+    core = big.fields["oxygen"].data[26:29, 26:29, 26:29]  # the 3x3x3 centre: one voxel alone is noisy
+    assert core.mean() < big.config.tumour.necrosis_onset_mmHg
     necrotic = np.argwhere(big.necrotic)
     assert len(necrotic) > 20
     r = np.linalg.norm((necrotic + 0.5) * 20 - centre_um, axis=1)

@@ -72,8 +72,7 @@ def _probability(rate_per_min, dt_min, xp):
 @rule("oxygen_uptake", "exchange")
 def oxygen_uptake(sim, rng) -> None:
     """Record first-order O2 uptake in every voxel holding a live tumour cell."""
-    field = sim.fields["oxygen"]
-    sim.xp.add.at(field.sink.reshape(-1), sim.tumour["voxel"], sim.dtype.type(sim.config.tumour.oxygen_uptake_per_min))
+    sim.fields["oxygen"].sink += sim.tumour_grid * sim.dtype.type(sim.config.tumour.oxygen_uptake_per_min)
 
 
 @rule("proliferation", "behaviour")
@@ -140,11 +139,12 @@ def necrotic_clearance(sim, rng) -> None:
 
 
 def _ifng_response(sim, voxels):
-    """Hill response to IFN-γ at ``voxels`` (float32: the field's precision, and half the cost of float64)."""
+    """Hill response to IFN-γ at ``voxels``, float32 (the field's precision), computed in place."""
     xp, p = sim.xp, sim.config.tumour
-    ifng = xp.maximum(sim.fields["ifng"].data.reshape(-1)[voxels].astype(np.float32), np.float32(0))
-    xn = ifng ** np.float32(p.pdl1_ifng_hill)
-    return xn / (xn + np.float32(p.pdl1_ifng_half_max**p.pdl1_ifng_hill))
+    x = sim.fields["ifng"].data.reshape(-1).take(voxels)
+    xp.maximum(x, np.float32(0), out=x)
+    xp.power(x, np.float32(p.pdl1_ifng_hill), out=x)
+    return xp.divide(x, x + np.float32(p.pdl1_ifng_half_max**p.pdl1_ifng_hill), out=x)
 
 
 @rule("pdl1_expression", "behaviour")
@@ -175,12 +175,15 @@ def secretion(sim, rng) -> None:
     rate = p.chemokine_secretion
     if cfg.resistance.chemokine_loss:
         rate *= 1.0 - cfg.immune.chemokine_loss_fraction
-    chem = sim.dtype.type(rate) * (1 + sim.dtype.type(p.chemokine_ifng_boost) * _ifng_response(sim, vox))
+    dtype = sim.dtype.type
+    chem = _ifng_response(sim, vox)
+    chem *= dtype(rate * p.chemokine_ifng_boost)
+    chem += dtype(rate)  # rate (1 + boost h(IFN-γ))
     xp.add.at(sim.fields["chemokine"].source.reshape(-1), vox, chem.astype(sim.dtype, copy=False))
-    o2 = sim.fields["oxygen"].data.reshape(-1)[vox]
+    o2 = sim.fields["oxygen"].data.reshape(-1).take(vox)
     hypoxic = _ramp(o2, p.hypoxic_threshold_mmHg, 0.0, xp)
     xp.add.at(sim.fields["vegf"].source.reshape(-1), vox, (p.vegf_secretion_hypoxic * hypoxic).astype(sim.dtype))
-    xp.add.at(sim.fields["tgfb"].source.reshape(-1), vox, sim.dtype.type(p.tgfb_secretion))
+    sim.fields["tgfb"].source += sim.tumour_grid * dtype(p.tgfb_secretion)
 
 
 def mutate_antigenicity(sim, antigenicity, rng):
