@@ -385,21 +385,35 @@ class Simulation:
             vox = t["voxel"][t["is_treg"]]
         if vox.shape[0] == 0:  # none present: common, and saves the scatter
             return xp.zeros(voxels.shape[0], dtype=np.float64)
+        flat, inside = window.neighbours(vox)
+        # Outside entries point home and add 0.
+        return self._scratch_sum(flat.reshape(-1), inside.reshape(-1).astype(np.int32), voxels).astype(np.float64)
+
+    def multiplicity(self, voxels):
+        """For each entry of ``voxels``, how many entries (itself included) name the same voxel (int32)."""
+        return self._scratch_sum(voxels, np.int32(1), voxels)
+
+    def _scratch_sum(self, flat, weights, query):
+        """Scatter-add integer ``weights`` at ``flat`` onto a persistent all-zero lattice and read it at ``query``.
+
+        The touched entries are zeroed again, so the cost follows the number of entries, never the lattice
+        size. Integer sums are exact, hence independent of the order in which a GPU's atomics apply them.
+        """
+        xp = self.xp
         if self._count_scratch is None:
             self._count_scratch = xp.zeros(self.size, dtype=np.int32)
         grid = self._count_scratch
-        flat, inside = window.neighbours(vox)
-        flat = flat.reshape(-1)
-        xp.add.at(grid, flat, inside.reshape(-1).astype(np.int32))  # outside entries point home and add 0
-        counts = grid[voxels].astype(np.float64)
+        xp.add.at(grid, flat, weights)
+        out = grid.take(query)
         grid[flat] = 0
-        return counts
+        return out
 
     def _on_vessels_changed(self) -> None:
         ox = self.config.fields.oxygen
-        self._vessel_supply = self.vessels.astype(self.dtype) * self.dtype.type(ox.vessel_supply_per_min)
-        self._vessel_source = self._vessel_supply * self.dtype.type(ox.blood_mmHg)
         self._vessel_voxels = self.xp.nonzero(self.vessels.reshape(-1))[0].astype(np.int64)
+        # Per vessel voxel: O2 exchange rate (1/min) and inflow (rate x blood pO2, mmHg/min).
+        self._vessel_supply = self.xp.full(self._vessel_voxels.shape[0], ox.vessel_supply_per_min, dtype=self.dtype)
+        self._vessel_source = self._vessel_supply * self.dtype.type(ox.blood_mmHg)
 
     def _rebuild_tissue(self) -> None:
         t = self.tissue
@@ -434,16 +448,14 @@ class Simulation:
         for r in self.rules:
             if r.phase == "exchange":
                 r.fn(self, self.rng(r.name))
-        oxygen = self.fields["oxygen"]
+        # Vessel O2 supply, written at the vessel voxels only (they are distinct, so ``+=`` is exact).
+        oxygen, vessels = self.fields["oxygen"], self._vessel_voxels
+        supply, inflow = self._vessel_supply, self._vessel_source
         if self.immune_enabled and self.config.resistance.abnormal_vasculature:
-            perfusion = xp.ones(self.size, dtype=self.dtype)
-            perfusion[self._vessel_voxels] = self.vessel_perfusion().astype(self.dtype)
-            perfusion = perfusion.reshape(self.shape)
-            oxygen.sink += self._vessel_supply * perfusion
-            oxygen.source += self._vessel_source * perfusion
-        else:
-            oxygen.sink += self._vessel_supply
-            oxygen.source += self._vessel_source
+            perfusion = self.vessel_perfusion().astype(self.dtype)
+            supply, inflow = supply * perfusion, inflow * perfusion
+        oxygen.sink.reshape(-1)[vessels] += supply
+        oxygen.source.reshape(-1)[vessels] += inflow
         for f in self.fields.values():
             f.advance()
 
@@ -461,15 +473,17 @@ class Simulation:
         xp = self.xp
         cells = self.tumour
         cause = self.intents.death_cause["tumour"]
+        dead = xp.nonzero(cause)[0]  # deaths are few: everything but the final keep works on these rows
+        dead_cause = cause.take(dead)
         ev = {
-            "tumour_deaths_apoptosis": xp.count_nonzero(cause == tumour_mod.DEATH_APOPTOSIS),
-            "tumour_deaths_necrosis": xp.count_nonzero(cause == tumour_mod.DEATH_NECROSIS),
+            "tumour_deaths_apoptosis": xp.count_nonzero(dead_cause == tumour_mod.DEATH_APOPTOSIS),
+            "tumour_deaths_necrosis": xp.count_nonzero(dead_cause == tumour_mod.DEATH_NECROSIS),
         }
         if self.immune_enabled:
-            ev["tumour_killed_by_tcell"] = xp.count_nonzero(cause == tumour_mod.DEATH_KILLED_TCELL)
-            ev["tumour_killed_by_macrophage"] = xp.count_nonzero(cause == tumour_mod.DEATH_KILLED_MACROPHAGE)
-            ev["antigen_released"] = cells["antigenicity"][cause > 0].astype(np.float64).sum()
-        necrotic_now = cells["voxel"][cause == tumour_mod.DEATH_NECROSIS]
+            ev["tumour_killed_by_tcell"] = xp.count_nonzero(dead_cause == tumour_mod.DEATH_KILLED_TCELL)
+            ev["tumour_killed_by_macrophage"] = xp.count_nonzero(dead_cause == tumour_mod.DEATH_KILLED_MACROPHAGE)
+            ev["antigen_released"] = cells["antigenicity"].take(dead).astype(np.float64).sum()
+        necrotic_now = cells["voxel"].take(dead[dead_cause == tumour_mod.DEATH_NECROSIS])
         self.necrotic.reshape(-1)[necrotic_now] = True
 
         births = xp.zeros((), dtype=np.int64)

@@ -64,18 +64,21 @@ def ecm_remodelling(sim, rng) -> None:
     if len(c):
         flat, inside = sim.moore_and_self.neighbours(c["voxel"])
         w = inside * c["activation"].astype(np.float64)[None, :]
-        drive = scatter_count(flat.reshape(-1), sim.size, weights=w.reshape(-1))
-        touched = xp.nonzero(drive > 0)[0]
-        gain = probability(cfg.immune.caf.ecm_deposition_per_min * drive[touched], sim.dt_min, xp)
-        ecm[touched] += ((1.0 - ecm[touched]) * gain).astype(ecm.dtype)
+        drive = scatter_count(flat.reshape(-1), sim.size, weights=w.reshape(-1)).take(flat)
+        # Every entry naming a voxel (duplicates, and outside entries pointing home) carries the voxel's whole
+        # drive, so they all write the same value: the fancy assignment is exact despite the duplicates.
+        gain = probability(cfg.immune.caf.ecm_deposition_per_min * drive, sim.dt_min, xp)
+        old = ecm.take(flat)
+        ecm[flat] = old + ((1.0 - old) * gain).astype(ecm.dtype)
     # MMP degradation only where tumour cells (one per voxel) and macrophages sit.
-    tumour_vox = sim.tumour["voxel"]
-    ecm[tumour_vox] *= ecm.dtype.type(np.exp(-cfg.tumour.ecm_degradation_per_min * sim.dt_min))
+    keep = ecm.dtype.type(np.exp(-cfg.tumour.ecm_degradation_per_min * sim.dt_min))
+    ecm *= sim.tumour_grid.reshape(-1) * (keep - ecm.dtype.type(1)) + ecm.dtype.type(1)  # exactly keep or 1
     m = sim.agents["macrophage"]
     if len(m):
-        vox, n_mac = xp.unique(m["voxel"], return_counts=True)
-        rate = n_mac.astype(np.float64) * cfg.immune.macrophage.ecm_degradation_per_min
-        ecm[vox] *= xp.exp(-rate * sim.dt_min).astype(ecm.dtype)
+        vox = m["voxel"]
+        n_mac = sim.multiplicity(vox).astype(np.float64)  # macrophages sharing the voxel; same value per entry
+        ecm[vox] = ecm.take(vox) * xp.exp(-cfg.immune.macrophage.ecm_degradation_per_min * sim.dt_min * n_mac
+                                          ).astype(ecm.dtype)
 
 
 RULES = {r.name: r for r in (caf_secretion, caf_activation, ecm_remodelling)}

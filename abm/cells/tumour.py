@@ -156,10 +156,15 @@ def pdl1_expression(sim, rng) -> None:
         return
     relax = np.float32(1.0 - np.exp(-np.log(2.0) / p.pdl1_half_life_min * sim.dt_min))
     cur = cells["pdl1"]
-    target = np.float32(p.pdl1_baseline)
     if sim.config.resistance.adaptive_pdl1:
-        target = target + np.float32(p.pdl1_ifng_induced) * _ifng_response(sim, cells["voxel"])
-    new = cur + (target - cur) * relax  # a relaxation between values in [0, 1] stays in [0, 1]
+        new = _ifng_response(sim, cells["voxel"])  # target = baseline + induced h(IFN-γ), built in place
+        new *= np.float32(p.pdl1_ifng_induced)
+        new += np.float32(p.pdl1_baseline)
+        new -= cur
+    else:
+        new = np.float32(p.pdl1_baseline) - cur
+    new *= relax  # relax toward the target; between values in [0, 1] it stays in [0, 1]
+    new += cur
     cells["pdl1"] = xp.clip(new, np.float32(0), np.float32(1), out=new)
 
 
@@ -181,8 +186,11 @@ def secretion(sim, rng) -> None:
     chem += dtype(rate)  # rate (1 + boost h(IFN-γ))
     xp.add.at(sim.fields["chemokine"].source.reshape(-1), vox, chem.astype(sim.dtype, copy=False))
     o2 = sim.fields["oxygen"].data.reshape(-1).take(vox)
-    hypoxic = _ramp(o2, p.hypoxic_threshold_mmHg, 0.0, xp)
-    xp.add.at(sim.fields["vegf"].source.reshape(-1), vox, (p.vegf_secretion_hypoxic * hypoxic).astype(sim.dtype))
+    hypoxic = xp.nonzero(o2 < dtype(p.hypoxic_threshold_mmHg))[0]  # VEGF only from hypoxic cells: few
+    if hypoxic.shape[0]:
+        ramp = _ramp(o2.take(hypoxic), p.hypoxic_threshold_mmHg, 0.0, xp)
+        xp.add.at(sim.fields["vegf"].source.reshape(-1), vox.take(hypoxic),
+                  (p.vegf_secretion_hypoxic * ramp).astype(sim.dtype))
     sim.fields["tgfb"].source += sim.tumour_grid * dtype(p.tgfb_secretion)
 
 
