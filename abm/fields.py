@@ -100,6 +100,16 @@ class DiffusingField:
         if values is not self._sink:
             self._sink[...] = values
 
+    def secrete(self, voxels, amount) -> None:
+        """Add ``amount`` (field unit/min) to this step's source at each of the flat ``voxels``.
+
+        Repeated voxels accumulate. The cost follows the number of secreting cells, not the lattice size. The
+        sum is reproducible on a GPU, whose scatter-add applies repeats in any order, as long as ``amount``
+        is one scalar for all entries or the voxels are distinct (one cell per voxel of the tissue layer).
+        """
+        self.xp.add.at(self.source.reshape(-1), voxels,
+                       amount.astype(self.dtype, copy=False) if hasattr(amount, "astype") else self.dtype.type(amount))
+
     def clear_sources(self) -> None:
         """Zero the per-step sink and source buffers before agents record into them."""
         if self._sink_touched:

@@ -145,6 +145,9 @@ class Stencil:
         delta = host @ strides
         self.class_inside = xp.asarray(np.ascontiguousarray(inside.T))  # (K, classes)
         self.class_delta = xp.asarray(np.ascontiguousarray(np.where(inside, delta[None, :], 0).T))  # outside: 0
+        # Voxels at least ``r`` from every face (most of them) have every neighbour inside: plain offsets.
+        self.interior_class = sum(r * (r + 2) * per_axis**k for k in range(len(self.shape)))
+        self.delta = xp.asarray(delta)
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0])
@@ -164,7 +167,19 @@ class Stencil:
             and must be masked.
         inside : bool array, shape ``(K, N)``
         """
-        cls = self.voxel_class[voxels]
+        cls = self.voxel_class.take(voxels)
+        if self.xp is not np:  # one branch-free gather kernel each; no host synchronisation
+            return self._from_tables(voxels, cls)
+        # NumPy: a broadcast add for all, the class tables only for the few voxels near a face (3x faster).
+        flat = voxels[None, :] + self.delta[:, None]
+        inside = np.ones(flat.shape, dtype=bool)
+        edge = np.flatnonzero(cls != self.interior_class)
+        if edge.shape[0]:
+            flat[:, edge], inside[:, edge] = self._from_tables(voxels.take(edge), cls.take(edge))
+        return flat, inside
+
+    def _from_tables(self, voxels, cls):
+        """:meth:`neighbours` from the per-class tables (any voxel; ``cls`` its class)."""
         return voxels[None, :] + self.class_delta.take(cls, axis=1), self.class_inside.take(cls, axis=1)
 
     def window_sum(self, values, voxels):

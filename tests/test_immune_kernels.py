@@ -61,6 +61,9 @@ def test_stencil_matches_neighbours(xp, shape, radius):
         assert np.array_equal(inside, want_inside)
         assert np.array_equal(flat[inside], want_flat[want_inside])
         assert np.all((flat == voxels[:, None])[~inside])  # outside entries point at the voxel itself
+        vx = xp.asarray(voxels)  # the branch-free table gather (CuPy's path) agrees with the NumPy fast path
+        table_flat, table_inside = (to_host(a).T for a in stencil._from_tables(vx, stencil.voxel_class[vx]))
+        assert np.array_equal(table_flat, flat) and np.array_equal(table_inside, inside)
         values = rng.random(int(np.prod(shape)))
         want = np.where(want_inside, values[want_flat], 0).sum(axis=1)
         assert np.allclose(to_host(stencil.window_sum(xp.asarray(values), xp.asarray(voxels))), want)

@@ -35,10 +35,9 @@ def caf_secretion(sim, rng) -> None:
     if len(c) == 0:
         return
     p = sim.config.immune.caf
-    act = scatter_count(c["voxel"], sim.size, weights=c["activation"].astype(np.float64), dtype=sim.dtype)
-    act = act.reshape(sim.shape)
-    sim.fields["tgfb"].source += act * p.tgfb_secretion
-    sim.fields["cxcl12"].source += act * p.cxcl12_secretion
+    act = c["activation"]  # one CAF per voxel (tissue layer)
+    sim.fields["tgfb"].secrete(c["voxel"], act * np.float32(p.tgfb_secretion))
+    sim.fields["cxcl12"].secrete(c["voxel"], act * np.float32(p.cxcl12_secretion))
 
 
 @rule("caf_activation", "behaviour")

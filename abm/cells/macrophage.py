@@ -26,7 +26,6 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import hill, motility_factor, probability, record_recruitment, record_walk
 from abm.rules import rule
-from kernels.lattice import scatter_count
 from kernels.sampling import bernoulli_rows
 
 __all__ = ["COLUMNS", "M0", "M1", "M2", "RULES"]
@@ -50,11 +49,10 @@ def macrophage_secretion(sim, rng) -> None:
         return
     p = sim.config.immune.macrophage
     vox, state = m["voxel"], m["state"]
-    m1 = scatter_count(vox[state == M1], sim.size, dtype=sim.dtype).reshape(sim.shape)
-    m2 = scatter_count(vox[state == M2], sim.size, dtype=sim.dtype).reshape(sim.shape)
-    sim.fields["chemokine"].source += m1 * p.m1_chemokine_secretion
-    sim.fields["tgfb"].source += m2 * p.m2_tgfb_secretion
-    sim.fields["vegf"].source += m2 * p.m2_vegf_secretion
+    m1, m2 = vox[state == M1], vox[state == M2]
+    sim.fields["chemokine"].secrete(m1, p.m1_chemokine_secretion)
+    sim.fields["tgfb"].secrete(m2, p.m2_tgfb_secretion)
+    sim.fields["vegf"].secrete(m2, p.m2_vegf_secretion)
 
 
 @rule("macrophage_recruitment", "behaviour")

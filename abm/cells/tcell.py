@@ -25,7 +25,6 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import hill, motility_factor, probability, record_recruitment, record_walk
 from abm.rules import rule
-from kernels.lattice import scatter_count
 from kernels.sampling import bernoulli_rows
 
 __all__ = ["COLUMNS", "DEATH_KILL_LIMIT", "DEATH_LIFESPAN", "RULES", "suppression_components"]
@@ -62,8 +61,7 @@ def tcell_secretion(sim, rng) -> None:
         return
     p = sim.config.immune.tcell
     engaged = t["engaged"] & ~t["is_treg"]
-    src = scatter_count(t["voxel"][engaged], sim.size, dtype=sim.dtype) * p.ifng_secretion
-    sim.fields["ifng"].source += src.reshape(sim.shape)
+    sim.fields["ifng"].secrete(t["voxel"][engaged], p.ifng_secretion)
 
 
 @rule("tcell_recruitment", "behaviour")

@@ -184,13 +184,12 @@ def secretion(sim, rng) -> None:
     chem = _ifng_response(sim, vox)
     chem *= dtype(rate * p.chemokine_ifng_boost)
     chem += dtype(rate)  # rate (1 + boost h(IFN-γ))
-    xp.add.at(sim.fields["chemokine"].source.reshape(-1), vox, chem.astype(sim.dtype, copy=False))
+    sim.fields["chemokine"].secrete(vox, chem)
     o2 = sim.fields["oxygen"].data.reshape(-1).take(vox)
     hypoxic = xp.nonzero(o2 < dtype(p.hypoxic_threshold_mmHg))[0]  # VEGF only from hypoxic cells: few
     if hypoxic.shape[0]:
         ramp = _ramp(o2.take(hypoxic), p.hypoxic_threshold_mmHg, 0.0, xp)
-        xp.add.at(sim.fields["vegf"].source.reshape(-1), vox.take(hypoxic),
-                  (p.vegf_secretion_hypoxic * ramp).astype(sim.dtype))
+        sim.fields["vegf"].secrete(vox.take(hypoxic), p.vegf_secretion_hypoxic * ramp)
     sim.fields["tgfb"].source += sim.tumour_grid * dtype(p.tgfb_secretion)
 
 
