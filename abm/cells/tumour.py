@@ -185,11 +185,13 @@ def secretion(sim, rng) -> None:
     chem *= dtype(rate * p.chemokine_ifng_boost)
     chem += dtype(rate)  # rate (1 + boost h(IFN-γ))
     sim.fields["chemokine"].secrete(vox, chem)
-    o2 = sim.fields["oxygen"].data.reshape(-1).take(vox)
-    hypoxic = xp.nonzero(o2 < dtype(p.hypoxic_threshold_mmHg))[0]  # VEGF only from hypoxic cells: few
-    if hypoxic.shape[0]:
-        ramp = _ramp(o2.take(hypoxic), p.hypoxic_threshold_mmHg, 0.0, xp)
-        sim.fields["vegf"].secrete(vox.take(hypoxic), p.vegf_secretion_hypoxic * ramp)
+    if p.hypoxic_threshold_mmHg > 0:  # a threshold of 0 mmHg: no cell is hypoxic
+        # Hypoxic VEGF: rate x ramp(pO2; 1 at 0 mmHg, 0 at the threshold) = clip(rate (1 - pO2/threshold), 0, rate).
+        vegf = sim.fields["oxygen"].data.reshape(-1).take(vox)
+        vegf *= dtype(-p.vegf_secretion_hypoxic / p.hypoxic_threshold_mmHg)
+        vegf += dtype(p.vegf_secretion_hypoxic)
+        xp.clip(vegf, dtype(0), dtype(p.vegf_secretion_hypoxic), out=vegf)
+        sim.fields["vegf"].secrete(vox, vegf)
     sim.fields["tgfb"].source += sim.tumour_grid * dtype(p.tgfb_secretion)
 
 
