@@ -37,6 +37,16 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s) in the configuration:\n{lines}")
 
 
+def _check_names(names, known: tuple, what: str):
+    """Raise a ValueError naming the first of ``names`` not in ``known``, the valid names and the nearest one."""
+    for name in names:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise ValueError(f"unknown {what} '{name}', expected any of {', '.join(known)}{hint}")
+    return names
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -94,11 +104,7 @@ class BoundaryConfig(_Section):
     @field_validator("faces")
     @classmethod
     def _known_faces(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if name not in FACE_NAMES:
-                near = difflib.get_close_matches(name, FACE_NAMES, n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else ""
-                raise ValueError(f"unknown face '{name}', expected one of {', '.join(FACE_NAMES)}{hint}")
+        _check_names(v, FACE_NAMES, "face")
         return v
 
 
@@ -313,12 +319,7 @@ class TumourConfig(_Section):
     @field_validator("rules")
     @classmethod
     def _known_rules(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if name not in TUMOUR_RULES:
-                near = difflib.get_close_matches(name, TUMOUR_RULES, n=1)
-                hint = f"; did you mean '{near[0]}'?" if near else ""
-                raise ValueError(f"unknown tumour rule '{name}', expected any of {', '.join(TUMOUR_RULES)}{hint}")
-        return v
+        return _check_names(v, TUMOUR_RULES, "tumour rule")
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> TumourConfig:
@@ -370,15 +371,6 @@ class ResistanceConfig(_Section):
     )
 
 
-def _check_rules(v: list[str], known: tuple, label: str) -> list[str]:
-    for name in v:
-        if name not in known:
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise ValueError(f"unknown {label} rule '{name}', expected any of {', '.join(known)}{hint}")
-    return v
-
-
 TCELL_RULES = ("tcell_secretion", "tcell_recruitment", "tcell_kill", "tcell_move", "tcell_death")
 MACROPHAGE_RULES = ("macrophage_secretion", "macrophage_recruitment", "macrophage_polarisation", "macrophage_kill",
                     "macrophage_move", "macrophage_death")
@@ -396,7 +388,7 @@ class TCellConfig(_Section):
     @field_validator("rules")
     @classmethod
     def _known_rules(cls, v: list[str]) -> list[str]:
-        return _check_rules(v, TCELL_RULES, "T-cell")
+        return _check_names(v, TCELL_RULES, "T-cell rule")
 
     recruitment_per_min: NonNegative = Field(
         default=2.0e-4,
@@ -487,7 +479,7 @@ class MacrophageConfig(_Section):
     @field_validator("rules")
     @classmethod
     def _known_rules(cls, v: list[str]) -> list[str]:
-        return _check_rules(v, MACROPHAGE_RULES, "macrophage")
+        return _check_names(v, MACROPHAGE_RULES, "macrophage rule")
 
     recruitment_per_min: NonNegative = Field(
         default=1.0e-4, description="Recruitment per vessel voxel, 1/min, times chemokine/(chemokine + 0.5). "
@@ -549,7 +541,7 @@ class CAFConfig(_Section):
     @field_validator("rules")
     @classmethod
     def _known_rules(cls, v: list[str]) -> list[str]:
-        return _check_rules(v, CAF_RULES, "CAF")
+        return _check_names(v, CAF_RULES, "CAF rule")
 
     stroma_density: Fraction = Field(
         default=0.0, description="Fraction of stroma-ring voxels seeded with a fibroblast (dimensionless)."
