@@ -183,7 +183,7 @@ class Simulation:
         self.intents = Intents(xp)
         self._events = {}
         self._vessel_supply = self._vessel_source = None
-        self._count_scratch = None  # all-zero int32 lattice, lent to _counts_near
+        self._scratch = {}  # all-zero integer lattices by dtype, lent to scratch_sum
         if initialise:
             self._seed_initial_condition()
         self._on_vessels_changed()
@@ -387,22 +387,24 @@ class Simulation:
             return xp.zeros(voxels.shape[0], dtype=np.float64)
         flat, inside = window.neighbours(vox)
         # Outside entries point home and add 0.
-        return self._scratch_sum(flat.reshape(-1), inside.reshape(-1).astype(np.int32), voxels).astype(np.float64)
+        return self.scratch_sum(flat.reshape(-1), inside.reshape(-1).astype(np.int32), voxels).astype(np.float64)
 
     def multiplicity(self, voxels):
         """For each entry of ``voxels``, how many entries (itself included) name the same voxel (int32)."""
-        return self._scratch_sum(voxels, np.int32(1), voxels)
+        return self.scratch_sum(voxels, np.int32(1), voxels)
 
-    def _scratch_sum(self, flat, weights, query):
+    def scratch_sum(self, flat, weights, query, dtype=np.int32):
         """Scatter-add integer ``weights`` at ``flat`` onto a persistent all-zero lattice and read it at ``query``.
 
         The touched entries are zeroed again, so the cost follows the number of entries, never the lattice
-        size. Integer sums are exact, hence independent of the order in which a GPU's atomics apply them.
+        size. Integer sums are exact, hence independent of the order in which a GPU's atomics apply them; sum
+        real numbers as fixed-point integers (``dtype=np.int64``) to keep that property.
         """
         xp = self.xp
-        if self._count_scratch is None:
-            self._count_scratch = xp.zeros(self.size, dtype=np.int32)
-        grid = self._count_scratch
+        dtype = np.dtype(dtype)
+        if dtype not in self._scratch:
+            self._scratch[dtype] = xp.zeros(self.size, dtype=dtype)
+        grid = self._scratch[dtype]
         xp.add.at(grid, flat, weights)
         out = grid.take(query)
         grid[flat] = 0

@@ -213,9 +213,11 @@ def resolve_conflicts(targets, priority):
 
 
 def scatter_count(voxels, size: int, weights=None, dtype=np.float64):
-    """Sum ``weights`` (or count ones) per voxel: a dense array of length ``size``.
+    """Sum ``weights`` (or count ones) per voxel: a dense array of length ``size`` (``bincount``).
 
-    A scatter-add that is deterministic and identical on NumPy and CuPy (``bincount``).
+    Counts are exact, hence identical on every run and backend. Float ``weights`` are summed in index order on
+    NumPy but with atomic adds in no fixed order on CuPy, so their last bits may differ between GPU runs; model
+    rules that must reproduce bit for bit use ordered window sums or integer scatters instead.
     """
     xp = array_namespace(voxels, weights)
     out = xp.bincount(voxels, weights=weights, minlength=size)

@@ -18,7 +18,6 @@ import numpy as np
 from abm.agents import Column
 from abm.cells.immune import probability
 from abm.rules import rule
-from kernels.lattice import scatter_count
 
 __all__ = ["COLUMNS", "RULES"]
 
@@ -26,6 +25,9 @@ COLUMNS = {
     "voxel": Column("int64", "-", "flat (C-order) index of the voxel the CAF occupies (tissue layer)"),
     "activation": Column("float32", "-", "activation level 0..1 (myofibroblast-like when near 1)"),
 }
+
+
+_FIXED_ONE = float(2**32)  # fixed-point scale of CAF activation sums (resolution 2.3e-10, far below float32's)
 
 
 @rule("caf_secretion", "exchange")
@@ -61,9 +63,14 @@ def ecm_remodelling(sim, rng) -> None:
     ecm = sim.ecm.reshape(-1)
     c = sim.agents["caf"]
     if len(c):
+        # Drive of a voxel: the summed activation of the CAFs in its Moore neighbourhood (itself included).
+        # Summed in 32.32 fixed point, so the sum is exact and the same on every run, also on a GPU, whose
+        # scatter-add applies the terms in any order (a float scatter-add could differ in the last bits).
         flat, inside = sim.moore_and_self.neighbours(c["voxel"])
-        w = inside * c["activation"].astype(np.float64)[None, :]
-        drive = scatter_count(flat.reshape(-1), sim.size, weights=w.reshape(-1)).take(flat)
+        fixed = xp.rint(c["activation"].astype(np.float64) * _FIXED_ONE).astype(np.int64)
+        entries = flat.reshape(-1)
+        drive = sim.scratch_sum(entries, (inside * fixed[None, :]).reshape(-1), entries, dtype=np.int64)
+        drive = drive.reshape(flat.shape) * (1.0 / _FIXED_ONE)
         # Every entry naming a voxel (duplicates, and outside entries pointing home) carries the voxel's whole
         # drive, so they all write the same value: the fancy assignment is exact despite the duplicates.
         gain = probability(cfg.immune.caf.ecm_deposition_per_min * drive, sim.dt_min, xp)
