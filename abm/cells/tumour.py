@@ -139,7 +139,7 @@ def necrotic_clearance(sim, rng) -> None:
 
 
 def _ifng_response(sim, voxels):
-    """Hill response to IFN-γ at ``voxels``, float32 (the field's precision), computed in place."""
+    """Hill response to IFN-γ at ``voxels`` in the field's precision, computed in place."""
     xp, p = sim.xp, sim.config.tumour
     x = sim.fields["ifng"].data.reshape(-1).take(voxels)
     xp.maximum(x, np.float32(0), out=x)
