@@ -12,6 +12,6 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 FORMAT_NAME = "tme-abm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "__version__"]

@@ -1,7 +1,8 @@
 """The ``tme`` command line.
 
-User errors (bad config, unusable files, a taken output directory, a missing GPU) print one clear message and
-exit with status 2, without a traceback. An interrupted run exits with 130 after closing its file cleanly.
+User errors (bad config, unusable files, a taken output directory, a missing GPU, a disk that fills during a run)
+print one clear message and exit with status 2, without a traceback. An interrupted run exits with 130 after
+closing its file cleanly.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ def _cmd_inspect(args) -> int:
     therapies = info["therapies"]
     print(f"  therapies     {', '.join(str(t.get('name', t)) for t in therapies) if therapies else 'none'}")
     status = "yes" if info["complete"] else "no (the writer did not close the file: killed or still running)"
-    if info["complete"] and info.get("end_reason"):
+    if info.get("end_reason") == "write_failed":
+        status = "no (write_failed: writing stopped with an error; earlier snapshots are usable)"
+    elif info["complete"] and info.get("end_reason"):
         status += f" ({info['end_reason']})"
     print(f"  complete      {status}")
     if "parent_file" in info:
@@ -102,12 +105,24 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _check_nesting(overrides: list[str]) -> None:
+    """Refuse a --set value nested too deeply to parse before anything walks it (load_config does this itself)."""
+    from abm.config import apply_overrides
+
+    try:
+        apply_overrides({}, overrides)
+    except RecursionError:
+        raise UserError("command line: a --set value is nested too deeply to read (arrays or tables inside each "
+                        f"other beyond Python's recursion limit, {sys.getrecursionlimit()})") from None
+
+
 def _cmd_replay(args) -> int:
     from abm.replay import replay_run
 
     overrides = list(args.set or [])
     if args.backend is not None:
         overrides.append(f"backend={json.dumps(args.backend)}")
+    _check_nesting(overrides)
     result = replay_run(args.file, args.from_min, until_min=args.until, overrides=overrides, out_dir=args.out,
                         overwrite=args.overwrite, progress=not args.quiet)
     _print_summary(result)
@@ -246,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     from abm.backend import BackendError, tune_host_allocator
     from abm.config import ConfigError
     from abm.io.reader import RunFileError
+    from abm.io.writer import RunWriteError
     from abm.runner import OutputExistsError, RunInterrupted
 
     parser = build_parser()
@@ -253,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_host_allocator()
     try:
         return args.func(args)
-    except (ConfigError, RunFileError, OutputExistsError, BackendError, UserError) as exc:
+    except (ConfigError, RunFileError, OutputExistsError, BackendError, UserError, RunWriteError) as exc:
         print(f"tme: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunInterrupted as exc:

@@ -11,6 +11,7 @@ in the result, never drawn empty.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +25,9 @@ __all__ = ["PlotResult", "plane", "plot_run", "plot_summary", "snapshot_planes",
 #: Colours of the cell layers (RGB in [0, 1]) on a white background.
 LAYER_COLOURS = {"vessels": (0.15, 0.35, 0.85), "necrotic": (0.25, 0.25, 0.25), "tumour": (0.85, 0.15, 0.15)}
 
-_COUNT_SUFFIXES = ("_cells", "_voxels", "_quiescent", "_hypoxic")
-_EVENT_MARKERS = ("_births", "_deaths", "_kills", "_cleared", "_recruited")
-_DRUG_PREFIXES = ("drug_", "pk_", "occupancy_")
+# Drug levels: level (or occupancy ratio) series named for a drug compartment, or in a concentration unit.
+_DRUG_PREFIXES = ("drug_", "plasma_", "tumour_drug_", "pk_", "occupancy_")
+_DRUG_UNITS = ("mg/L", "nM")
 
 
 def _pyplot():
@@ -42,34 +43,35 @@ def _days(ts) -> np.ndarray:
     return ts["time_min"] / 1440.0
 
 
-def _select(ts: dict, test) -> list[str]:
-    return [k for k in ts if k != "time_min" and test(k)]
+def population_metrics(ts: dict, kinds: dict[str, str]) -> list[str]:
+    """Names of the count series (cells and voxels per type and state), by their declared kind ``count``."""
+    return [k for k in ts if k != "time_min" and kinds.get(k) == "count"]
 
 
-def population_metrics(ts: dict) -> list[str]:
-    """Names of the count series in a time series (cells and voxels per type and state)."""
-    return _select(ts, lambda k: k.endswith(_COUNT_SUFFIXES))
+def event_metrics(ts: dict, kinds: dict[str, str]) -> list[str]:
+    """Names of the per-step event series (births, deaths, kills, clearance, recruitment): kind ``event``."""
+    return [k for k in ts if k != "time_min" and kinds.get(k) == "event"]
 
 
-def event_metrics(ts: dict) -> list[str]:
-    """Names of the per-step event series (births, deaths, kills, clearance, recruitment)."""
-    return _select(ts, lambda k: any(m in k for m in _EVENT_MARKERS))
+def drug_metrics(ts: dict, kinds: dict[str, str], units: dict[str, str]) -> list[str]:
+    """Names of drug level series (plasma PK, tissue concentration, target occupancy).
 
-
-def drug_metrics(ts: dict) -> list[str]:
-    """Names of drug level series (plasma PK, tissue concentration, target occupancy)."""
-    return _select(ts, lambda k: k.startswith(_DRUG_PREFIXES))
+    A ``level`` or ``ratio`` series whose name starts with a drug prefix (``drug_``, ``plasma_``,
+    ``tumour_drug_``, ``pk_``, ``occupancy_``) or whose unit is a concentration (mg/L, nM).
+    """
+    return [k for k in ts if k != "time_min" and kinds.get(k) in ("level", "ratio")
+            and (k.startswith(_DRUG_PREFIXES) or units.get(k) in _DRUG_UNITS)]
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Time-series panels
-def draw_populations(ax, ts: dict) -> None:
-    """Counts per type and state over time (log scale when they span decades)."""
+def draw_populations(ax, ts: dict, kinds: dict[str, str]) -> None:
+    """Counts per type and state over time (log scale when they span decades); ``kinds`` as in the file."""
     t = _days(ts)
-    names = population_metrics(ts)
+    names = population_metrics(ts, kinds)
     for name in names:
         ax.plot(t, ts[name], label=name.replace("_", " "))
-    top = max((np.nanmax(ts[n]) for n in names if ts[n].size), default=0)
+    top = max((np.nanmax(ts[n]) for n in names if np.isfinite(ts[n]).any()), default=0)
     if top > 1000:
         ax.set_yscale("symlog", linthresh=10)
     ax.set_xlabel("time (days)")
@@ -78,10 +80,10 @@ def draw_populations(ax, ts: dict) -> None:
     ax.legend(loc="best", fontsize=7)
 
 
-def draw_events(ax, ts: dict) -> None:
-    """Births, deaths and other events per recorded step."""
+def draw_events(ax, ts: dict, kinds: dict[str, str]) -> None:
+    """Births, deaths and other events per recorded step; ``kinds`` as in the file."""
     t = _days(ts)
-    for name in event_metrics(ts):
+    for name in event_metrics(ts, kinds):
         ax.plot(t, ts[name], lw=0.8, label=name.replace("_", " "))
     ax.set_xlabel("time (days)")
     ax.set_ylabel("events per step")
@@ -254,10 +256,20 @@ def snapshot_planes(run: RunFile, index: int, layers, view: str = "slice", axis:
             if "tumour" in g["agents"]:
                 mask.reshape(-1)[run._dataset(g["agents"]["tumour"]["voxel"])] = True
         else:
-            ds = g["state"].get(name)
+            ds = _state_layer(g["state"], name)
             mask = run._dataset(ds).astype(bool) if ds is not None else np.zeros(run.shape, dtype=bool)
         out[name] = plane(mask, view, axis, slice_index)
     return {name: out[name] for name in layers}
+
+
+def _state_layer(state, name: str):
+    """The mask ``name`` of a snapshot's state: ``state/<module>/<name>`` (version 2) or ``state/<name>`` (1)."""
+    if name in state and not hasattr(state[name], "keys"):
+        return state[name]
+    for sub in state.values():
+        if hasattr(sub, "keys") and name in sub:
+            return sub[name]
+    return None
 
 
 def tissue_rgb(masks: dict[str, np.ndarray]) -> np.ndarray:
@@ -298,6 +310,7 @@ def _view_label(run: RunFile, view: str, axis: int, index: int | None) -> str:
 def draw_field_maps(fig, run: RunFile, index: int, views) -> None:
     """One row per view (2-D: the plane; 3-D: mid-plane slice and maximum projection): tissue, then fields."""
     fields = run.field_names()
+    units = run.field_units(run.times[index])
     layers = [*CELL_LAYERS, *fields]
     axes = fig.subplots(len(views), 1 + len(fields), squeeze=False)
     for row, (view, axis) in enumerate(views):
@@ -309,7 +322,8 @@ def draw_field_maps(fig, run: RunFile, index: int, views) -> None:
         for col, name in enumerate(fields, start=1):
             ax = axes[row][col]
             im = _imshow_field(ax, planes[name])
-            fig.colorbar(im, ax=ax, shrink=0.8, label=_field_unit(name))
+            unit_label = f"{name} ({units[name]})" if units.get(name) else _field_unit(name)
+            fig.colorbar(im, ax=ax, shrink=0.8, label=unit_label)
             ax.set_title(f"{name} ({label})", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -317,6 +331,7 @@ def draw_field_maps(fig, run: RunFile, index: int, views) -> None:
 
 
 def _field_unit(name: str) -> str:
+    """Colour-bar label of a field in a version-1 file, which stores no units."""
     return {"oxygen": "oxygen (mmHg)"}.get(name, name)
 
 
@@ -344,7 +359,8 @@ def plot_summary(h5_path, png_path) -> Path:
     plt = _pyplot()
     with open_run(h5_path) as run:
         ts = run.timeseries()
-    panels = [draw_populations]
+        kinds = run.timeseries_kinds()
+    panels = [functools.partial(draw_populations, kinds=kinds)]
     if "tumour_diameter_um" in ts:
         panels.append(draw_burden)
     if "hypoxic_fraction" in ts:
@@ -414,12 +430,13 @@ def plot_run(h5_path, out_dir, times=None, dpi: int = 110) -> PlotResult:
 
     with open_run(h5_path) as run:
         ts = run.timeseries()
+        kinds, units = run.timeseries_kinds(), run.timeseries_units()
         indices = _map_indices(run, times)
         title = run.config_dict().get("name") or Path(h5_path).parent.name
         if ts and "time_min" in ts:
             fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-            draw_populations(axes[0], ts)
-            draw_events(axes[1], ts)
+            draw_populations(axes[0], ts, kinds)
+            draw_events(axes[1], ts, kinds)
             fig.suptitle(f"{title}: populations")
             save(fig, "populations.png")
             for name, draw, needed in (("burden", draw_burden, "tumour_diameter_um"),
@@ -440,7 +457,7 @@ def plot_run(h5_path, out_dir, times=None, dpi: int = 110) -> PlotResult:
             else:
                 result.skipped["immune"] = "not available (the run has no immune layer)"
             for name, names, title_, ylabel in (
-                ("drugs", drug_metrics(ts), "Drug levels", "concentration / occupancy"),
+                ("drugs", drug_metrics(ts, kinds, units), "Drug levels", "concentration / occupancy"),
             ):
                 if names:
                     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)

@@ -8,7 +8,9 @@ backend that wrote the file continues bit-identically.
 The replay writes a new run directory; it never touches the parent file. Its HDF5 file starts at the branch
 snapshot (the first snapshot of the new file equals the parent's snapshot at the branch time) and records its
 parent in root attributes (docs/FORMAT.md): ``parent_file``, ``branch_time_min``, ``branch_step``,
-``branch_overrides`` and ``parent_config_toml``. The parent's history before the branch point stays in the
+``branch_overrides``, ``parent_config_toml``, and what the branch added: ``branch_added_modules`` and
+``branch_added_fields`` (JSON lists; a module switched on at the branch is seeded there, a new field starts at its
+initial value). The parent's history before the branch point stays in the
 parent file and is not copied.
 """
 
@@ -107,6 +109,8 @@ def replay_run(
         "branch_step": branch_step,
         "branch_overrides": json.dumps(overrides),
         "parent_config_toml": parent_toml,
+        "branch_added_modules": json.dumps(sim.added["modules"]),
+        "branch_added_fields": json.dumps(sim.added["fields"]),
     }
     return run_simulation(config, out_dir, sim=sim, until_min=end, overwrite=overwrite, progress=progress,
                           extra_attrs=attrs)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from abm.config import Config, config_to_toml
-from abm.io.writer import RunWriter
+from abm.io.writer import RunWriteError, RunWriter
 from abm.model import Simulation
 
 __all__ = ["OutputExistsError", "RunInterrupted", "RunResult", "run_simulation"]
@@ -85,8 +86,16 @@ def prepare_output_dir(out_dir: Path, overwrite: bool) -> Path:
     return out_dir
 
 
+class _LogFileHandler(logging.FileHandler):
+    """``run.log``: a record the disk refuses (full, quota) is dropped quietly, not printed as a traceback."""
+
+    def handleError(self, record):  # noqa: N802 (logging's name)
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
 def _attach_log(out_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(out_dir / "run.log", mode="w", encoding="utf-8")
+    handler = _LogFileHandler(out_dir / "run.log", mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -132,12 +141,17 @@ def run_simulation(
         If ``out_dir`` holds a run and ``overwrite`` is false.
     RunInterrupted
         After a clean stop on Ctrl-C or SIGTERM.
+    abm.io.RunWriteError
+        If writing the run file fails (e.g. the disk is full). The file is closed with
+        ``end_reason = "write_failed"`` where it can still take that, every snapshot flushed before stays
+        readable, and the message (also logged) says so and how to continue.
     """
     from tqdm import tqdm
 
     out_dir = prepare_output_dir(Path(out_dir) if out_dir else config.output_dir(), overwrite)
     handler = _attach_log(out_dir)
     t_wall = time.perf_counter()
+    writer = None
     try:
         (out_dir / "config.resolved.toml").write_text(config_to_toml(config), encoding="utf-8")
         sim = sim or Simulation(config)
@@ -149,6 +163,7 @@ def run_simulation(
                  sim.backend.name, list(sim.shape), n_steps, sim.dt_min, sim.time_min, config.seed)
         writer = RunWriter(
             out_dir / "sim.h5", config_to_toml(config), config.seed, sim.backend.name, sim.shape, sim.spacing_um,
+            readouts=sim.readout_declarations(), field_units=sim.field_units(),
             compression=config.output.compression, attrs=extra_attrs, overwrite=True,
         )
         metrics = sim.metrics()
@@ -200,6 +215,11 @@ def run_simulation(
         if interrupted:
             raise RunInterrupted(result)
         return result
+    except RunWriteError as exc:
+        if writer is not None:
+            writer.close_after_failure()  # no-op where abort() already did it; never raises
+        log.error("%s", exc)
+        raise
     finally:
         log.removeHandler(handler)
         handler.close()

@@ -46,13 +46,14 @@ def build(backend: str) -> Simulation:
     xp = sim.xp
     rng = np.random.default_rng(0)
     n_t, n_m = SIZES["tcells"], SIZES["macrophages"]
-    vox = xp.asarray(rng.choice(sim.size, size=n_t + n_m, replace=False).astype(np.int64))
+    vox = xp.asarray(rng.choice(sim.world.size, size=n_t + n_m, replace=False).astype(np.int64))
     sim.agents["tcell"].append(
         voxel=vox[:n_t], is_treg=xp.asarray(rng.random(n_t) < 0.15), kills=xp.zeros(n_t), exhaustion=xp.zeros(n_t),
         lag3_tim3=xp.zeros(n_t), engaged=xp.zeros(n_t, dtype=bool), age_min=xp.zeros(n_t),
     )
     sim.agents["macrophage"].append(voxel=vox[n_t:], state=xp.asarray(rng.integers(0, 3, n_m).astype(np.int8)),
                                     age_min=xp.zeros(n_m))
+    sim.world.refresh_occupancy()  # agents placed by hand
     return sim
 
 

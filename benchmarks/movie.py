@@ -42,7 +42,8 @@ def synthetic_run(path: Path, shape, n_snapshots: int, seed: int = 0) -> Path:
     axes = np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij", sparse=True)
     r = np.sqrt(sum(a.astype(np.float32) ** 2 for a in axes))
     vessels = rng.random(shape) < 0.02
-    writer = RunWriter(path, 'name = "synthetic"\n', seed, "numpy", shape, SPACING_UM, overwrite=True)
+    writer = RunWriter(path, 'name = "synthetic"\n', seed, "numpy", shape, SPACING_UM, overwrite=True,
+                       readouts={"tumour_cells": ("cells", "count")}, field_units={"oxygen": "mmHg"})
     for k in range(n_snapshots):
         radius = 0.1 * min(shape) + 0.3 * min(shape) * k / max(n_snapshots - 1, 1)
         tumour = (r <= radius) & ~vessels
@@ -54,7 +55,8 @@ def synthetic_run(path: Path, shape, n_snapshots: int, seed: int = 0) -> Path:
             "fields": {"oxygen": oxygen},
             "agents": {"tumour": {"voxel": voxels, "generation": np.zeros(voxels.size, np.int32),
                                   "quiescent": np.zeros(voxels.size, bool)}},
-            "state": {"step": 240 * k, "time_min": 1440.0 * k, "necrotic": necrotic, "vessels": vessels},
+            "state": {"step": 240 * k, "time_min": 1440.0 * k, "tumour": {"necrotic": necrotic},
+                      "vasculature": {"vessels": vessels}},
         })
     writer.close()
     return path

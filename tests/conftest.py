@@ -42,3 +42,16 @@ def backend_name(request):
 def to_host(a):
     """Return a NumPy copy of a NumPy or CuPy array."""
     return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def assert_tree_equal(a, b, path: str = "") -> None:
+    """Assert two nested state mappings (dicts of arrays and scalars) are identical, dtypes included."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict), path
+        assert sorted(a) == sorted(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            assert_tree_equal(a[key], b[key], f"{path}/{key}")
+        return
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype, f"{path}: dtype {a.dtype} != {b.dtype}"
+    np.testing.assert_array_equal(a, b, err_msg=path)

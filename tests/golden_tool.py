@@ -61,10 +61,10 @@ def _summarise_tree(tree: dict, prefix: str, exact: dict, approx: dict) -> None:
 def summarise(config_path: Path, steps: int = STEPS) -> dict:
     """Run ``config_path`` for ``steps`` NumPy steps and reduce state and readouts to a JSON-able dict."""
     from abm.config import load_config
-    from abm.engine import build_simulation
+    from abm.model import Simulation
 
     config = load_config(config_path, ["backend=\"numpy\""])
-    sim = build_simulation(config)
+    sim = Simulation(config)
     for _ in range(steps):
         sim.step()
     state = sim.state()

@@ -45,6 +45,7 @@ def add_tcells(sim: Simulation, voxels, is_treg: bool = False) -> None:
         voxel=voxels, is_treg=xp.full(n, is_treg), kills=xp.zeros(n), exhaustion=xp.zeros(n),
         lag3_tim3=xp.zeros(n), engaged=xp.zeros(n, dtype=bool), age_min=xp.zeros(n),
     )
+    sim.world.refresh_occupancy()  # agents placed by hand: the occupancy indices follow
 
 
 def add_macrophages(sim: Simulation, voxels, state: int) -> None:
@@ -52,6 +53,7 @@ def add_macrophages(sim: Simulation, voxels, state: int) -> None:
     voxels = xp.asarray(voxels, dtype=np.int64)
     n = voxels.shape[0]
     sim.agents["macrophage"].append(voxel=voxels, state=xp.full(n, state, dtype=np.int8), age_min=xp.zeros(n))
+    sim.world.refresh_occupancy()
 
 
 def tumour_voxels(sim: Simulation, n: int, seed: int = 0):

@@ -6,11 +6,12 @@ import copy
 
 import numpy as np
 import pytest
+from conftest import assert_tree_equal
 from immune_helpers import add_macrophages, add_tcells, arena, merge, run_kills, tumour_voxels
 
-from abm.cells.macrophage import M1, M2
 from abm.config import parse_config
 from abm.model import Simulation
+from abm.modules.immune.macrophage import M1, M2
 
 KILL_ONLY = {"immune": {"tcell": {"rules": ["tcell_secretion", "tcell_kill"]}}}
 
@@ -30,7 +31,8 @@ def test_tumour_only_model_has_no_immune_layer():
     sim = Simulation(parse_config({"backend": "numpy", "grid": {"shape": [20, 20]}}))
     sim.step()
     assert list(sim.fields) == ["oxygen"] and list(sim.agents) == ["tumour"]
-    assert "tcell_effector" not in sim.metrics() and "ecm" not in sim.state()["state"]
+    assert "tcell_effector" not in sim.metrics() and "ecm" not in sim.state()["fields"]
+    assert sorted(sim.state()["state"]) == ["step", "time_min", "tumour", "vasculature"]
 
 
 def test_adaptive_pdl1_means_fewer_kills():
@@ -139,7 +141,7 @@ def _infiltration(ecm_density: float, exclusion: bool) -> float:
         add_tcells(sim, ring)
         for _ in range(120):
             sim.step()
-        lesion = (sim.tissue == sim.TUMOUR).reshape(-1)
+        lesion = (sim.tissue == sim.world.code("tumour")).reshape(-1)
         counts.append(np.count_nonzero(lesion[np.asarray(sim.agents["tcell"]["voxel"])]))
     return float(np.mean(counts))
 
@@ -155,7 +157,7 @@ def test_ecm_hinders_large_molecules_only():
     cfg = {"fields": {"vegf": {"large_molecule": True}}}
     sim = arena(merge(cfg, {"immune": {"ecm": {"initial_stroma": 1.0}}}))
     d = sim.fields["vegf"].diffusivity
-    assert np.ndim(d) == sim.ndim and float(np.min(d)) < 0.2 * 6000.0
+    assert np.ndim(d) == sim.world.ndim and float(np.min(d)) < 0.2 * 6000.0
     assert np.isscalar(sim.fields["ifng"].diffusivity)
     off = arena(merge(cfg, {"resistance": {"stromal_exclusion": False}, "immune": {"ecm": {"initial_stroma": 1.0}}}))
     assert np.all(np.asarray(off.fields["vegf"].diffusivity) == 6000.0)
@@ -333,13 +335,7 @@ def test_restart_from_state_is_bit_identical_with_the_immune_layer():
     for _ in range(20):
         sim.step()
         restarted.step()
-    a, b = sim.state(), restarted.state()
-    for name in a["fields"]:
-        assert np.array_equal(a["fields"][name], b["fields"][name]), name
-    for kind in a["agents"]:
-        for col in a["agents"][kind]:
-            assert np.array_equal(a["agents"][kind][col], b["agents"][kind][col]), (kind, col)
-    assert np.array_equal(a["state"]["ecm"], b["state"]["ecm"]) and a["state"]["priming"] == b["state"]["priming"]
+    assert_tree_equal(sim.state(), restarted.state())
 
 
 @pytest.mark.parametrize("name, code", [("inflamed", 1), ("excluded", 2), ("desert", 3)])
@@ -414,7 +410,8 @@ def test_restart_through_an_hdf5_snapshot_is_bit_identical(tmp_path):
     sim = Simulation(cfg)
     for _ in range(13):
         sim.step()
-    writer = RunWriter(tmp_path / "sim.h5", "", cfg.seed, "numpy", sim.shape, sim.spacing_um)
+    writer = RunWriter(tmp_path / "sim.h5", "", cfg.seed, "numpy", sim.shape, sim.spacing_um,
+                       readouts=sim.readout_declarations(), field_units=sim.field_units())
     writer.record(sim.metrics())
     writer.write_snapshot(sim.state())
     writer.close()

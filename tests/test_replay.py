@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_tree_equal
 
 from abm.cli import main
 from abm.config import load_config
@@ -40,18 +41,7 @@ def runs(request, tmp_path_factory):
 
 
 def assert_states_equal(a: dict, b: dict) -> None:
-    assert sorted(a["fields"]) == sorted(b["fields"])
-    for name in a["fields"]:
-        assert a["fields"][name].dtype == b["fields"][name].dtype
-        np.testing.assert_array_equal(a["fields"][name], b["fields"][name], err_msg=name)
-    assert sorted(a["agents"]) == sorted(b["agents"])
-    for kind in a["agents"]:
-        assert sorted(a["agents"][kind]) == sorted(b["agents"][kind])
-        for col in a["agents"][kind]:
-            np.testing.assert_array_equal(a["agents"][kind][col], b["agents"][kind][col], err_msg=f"{kind}.{col}")
-    assert sorted(a["state"]) == sorted(b["state"])
-    for key in a["state"]:
-        np.testing.assert_array_equal(a["state"][key], b["state"][key], err_msg=key)
+    assert_tree_equal(a, b)
 
 
 def test_cli_replay_continues_bit_identically(runs, capsys):
@@ -142,7 +132,7 @@ def test_loader_api(runs):
         fields = run.fields(45.0)  # the snapshot just before
         assert fields["oxygen"].shape == run.shape and fields["oxygen"].dtype == np.float32
         cells = run.agents(30.0, "tumour")
-        from abm.cells.tumour import COLUMNS
+        from abm.modules.tumour.module import COLUMNS
 
         assert set(cells) == set(COLUMNS)
         coords = run.voxel_coords(cells["voxel"])
@@ -173,7 +163,8 @@ def test_nested_snapshot_state_round_trips(tmp_path):
                   "pending_doses": {"nivolumab": {"time_min": np.array([100.0, 200.0]),
                                                   "dose_mg_per_kg": np.array([3.0, 3.0])}}},
     }
-    w = RunWriter(tmp_path / "x.h5", "name = 'x'\n", 1, "numpy", (4, 5), 20.0)
+    w = RunWriter(tmp_path / "x.h5", "name = 'x'\n", 1, "numpy", (4, 5), 20.0, readouts={},
+                  field_units={"oxygen": "mmHg"})
     w.write_snapshot(state)
     w.close()
     with open_run(tmp_path / "x.h5") as run:

@@ -1,6 +1,7 @@
 """Opening run files safely: clear errors for missing, truncated, foreign or non-HDF5 files.
 
-Reading uses h5py alone and never unpickles anything.
+This is the low-level layer of reading: :mod:`abm.io.run` builds :class:`abm.io.RunFile` on it. It imports
+nothing else from :mod:`abm.io`. Reading uses h5py alone and never unpickles anything.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 
 from abm import FORMAT_NAME, FORMAT_VERSION
 
-__all__ = ["RunFileError", "load_snapshot_state", "open_h5"]
+__all__ = ["RunFileError", "open_h5"]
 
 
 class RunFileError(ValueError):
@@ -26,7 +27,7 @@ def open_h5(path) -> h5py.File:
     ------
     RunFileError
         If the file is missing, is not HDF5 (or is truncated), or is an HDF5 file of another format or a
-        newer format version.
+        newer format version. Every older format version is opened (docs/FORMAT.md says what each lacks).
     """
     path = Path(path)
     if not path.exists():
@@ -56,29 +57,3 @@ def open_h5(path) -> h5py.File:
 def snapshot_times(f: h5py.File) -> np.ndarray:
     """Times (min) of the snapshots in an open run file, in snapshot order."""
     return np.asarray([f["snapshots"][k].attrs["time_min"] for k in sorted(f["snapshots"])], dtype=np.float64)
-
-
-def load_snapshot_state(path, time_min: float | None = None) -> tuple[str, dict, float]:
-    """Read the snapshot at (or just before) ``time_min`` (default: the last one).
-
-    Returns
-    -------
-    config_toml : str
-        The resolved config of the run.
-    state : dict
-        Snapshot state in the layout of :meth:`abm.model.Simulation.state`.
-    time_min : float
-        The snapshot's time.
-
-    Raises
-    ------
-    RunFileError
-        If the file is unusable, holds no snapshot, or ``time_min`` lies outside the run.
-    """
-    from abm.io.run import open_run
-
-    with open_run(path) as run:
-        if not len(run):
-            raise RunFileError(f"{path}: holds no snapshot")
-        t = float(run.times[-1] if time_min is None else run.times[run.index_at(time_min)])
-        return run.config_toml, run.state(t), t

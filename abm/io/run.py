@@ -19,12 +19,16 @@ import h5py
 import numpy as np
 
 from abm.io.reader import RunFileError, open_h5
-from abm.io.writer import _read_state, read_snapshot_state
+from abm.io.state import read_snapshot_state, read_state
 
-__all__ = ["CELL_LAYERS", "RunFile", "open_run"]
+__all__ = ["CELL_LAYERS", "RunFile", "infer_kind", "load_snapshot_state", "open_run"]
 
 #: Cell layers derived from a snapshot (boolean voxel masks), besides the fields.
 CELL_LAYERS = ("tumour", "necrotic", "vessels")
+
+# Format version 1 stored no kind per metric; these name patterns are how it is told (infer_kind).
+_COUNT_SUFFIXES = ("_cells", "_voxels", "_quiescent", "_hypoxic")
+_EVENT_MARKERS = ("_births", "_deaths", "_kills", "_killed", "_cleared", "_recruited")
 
 _TIME_TOL_MIN = 1e-6
 
@@ -53,6 +57,48 @@ def _usable(group) -> bool:
         return all(part in group for part in ("fields", "agents", "state"))
     except (KeyError, OSError):
         return False
+
+
+def infer_kind(name: str) -> str:
+    """Kind of a time-series metric told from its name, for version-1 files that do not store it.
+
+    Returns one of ``count``, ``event``, ``level``, ``ratio``, ``code`` (see :data:`abm.io.READOUT_KINDS`).
+    """
+    if name == "time_min":
+        return "level"
+    if name.endswith(_COUNT_SUFFIXES):
+        return "count"
+    if any(marker in name for marker in _EVENT_MARKERS):
+        return "event"
+    if name.endswith("_code"):
+        return "code"
+    if name.endswith(("_ratio", "_fraction")):
+        return "ratio"
+    return "level"
+
+
+def load_snapshot_state(path, time_min: float | None = None) -> tuple[str, dict, float]:
+    """Read the snapshot at (or just before) ``time_min`` (default: the last one).
+
+    Returns
+    -------
+    config_toml : str
+        The resolved config of the run.
+    state : dict
+        Snapshot state in the layout of :meth:`abm.model.Simulation.state`.
+    time_min : float
+        The snapshot's time.
+
+    Raises
+    ------
+    RunFileError
+        If the file is unusable, holds no snapshot, or ``time_min`` lies outside the run.
+    """
+    with open_run(path) as run:
+        if not len(run):
+            raise RunFileError(f"{path}: holds no snapshot")
+        t = float(run.times[-1] if time_min is None else run.times[run.index_at(time_min)])
+        return run.config_toml, run.state(t), t
 
 
 def open_run(path) -> RunFile:
@@ -135,6 +181,11 @@ class RunFile:
         return {k: _plain(v) for k, v in self._f.attrs.items()}
 
     @property
+    def format_version(self) -> int:
+        """Format version of the file (1 or 2; see docs/FORMAT.md)."""
+        return int(self._f.attrs.get("format_version", 1))
+
+    @property
     def complete(self) -> bool:
         """True if the writer closed the file cleanly (a killed run leaves False)."""
         return bool(self._f.attrs.get("complete", False))
@@ -205,6 +256,11 @@ class RunFile:
 
     def _group(self, index: int) -> h5py.Group:
         return self._f["snapshots"][self._names[index]]
+
+    def field_units(self, time_min: float | None = None) -> dict[str, str]:
+        """Unit of each field in a snapshot (default: the first); ``""`` where the file stores none (version 1)."""
+        g = self._group(0 if time_min is None else self.index_at(time_min))["fields"]
+        return {name: _text(g[name].attrs.get("unit", "")) for name in sorted(g)}
 
     def field_names(self, time_min: float | None = None) -> list[str]:
         """Names of the fields stored in a snapshot (default: the first)."""
@@ -299,7 +355,7 @@ class RunFile:
 
     def snapshot_state(self, time_min: float) -> dict:
         """Only the ``state/`` entries (step, time, masks, and future PK/dose state) of one snapshot."""
-        return _read_state(self.snapshot(time_min)["state"])
+        return read_state(self.snapshot(time_min)["state"])
 
     def agent_count(self, index: int, agent_type: str) -> int:
         """Number of agents of ``agent_type`` in snapshot ``index`` (reads no data, only a shape)."""
@@ -312,13 +368,38 @@ class RunFile:
     # ----------------------------------------------------------------------------------------------------------
     # Time series
     def timeseries(self, names=None) -> dict[str, np.ndarray]:
-        """The time series as a dict of 1-D float64 arrays (``time_min`` first); no pandas needed."""
+        """The time series as a dict of 1-D float64 arrays (``time_min`` first); no pandas needed.
+
+        A metric that had not started by a row's time is NaN there. All arrays have the length of the shortest
+        (rows half-appended by a run that failed while writing them are dropped).
+        """
         ts = self._f.get("timeseries")
         if ts is None:
             return {}
         keys = list(ts) if names is None else list(names)
         keys = ["time_min", *[k for k in keys if k != "time_min"]] if "time_min" in ts else keys
-        return {k: self._dataset(ts[k]) for k in keys if k in ts}
+        data = {k: self._dataset(ts[k]) for k in keys if k in ts}
+        n = min((len(v) for v in data.values()), default=0)
+        return {k: v[:n] for k, v in data.items()}
+
+    def timeseries_units(self) -> dict[str, str]:
+        """Unit of each time-series metric (``time_min`` first); ``""`` where the file stores none (version 1)."""
+        return {k: _text(ds.attrs.get("unit", "")) for k, ds in self._timeseries_datasets().items()}
+
+    def timeseries_kinds(self) -> dict[str, str]:
+        """Kind of each time-series metric: ``count``, ``event``, ``level``, ``ratio`` or ``code``.
+
+        Version-2 files store it per dataset; for version-1 files it is told from the name (:func:`infer_kind`).
+        """
+        return {k: _text(ds.attrs["kind"]) if "kind" in ds.attrs else infer_kind(k)
+                for k, ds in self._timeseries_datasets().items()}
+
+    def _timeseries_datasets(self) -> dict[str, h5py.Dataset]:
+        ts = self._f.get("timeseries")
+        if ts is None:
+            return {}
+        keys = ["time_min", *[k for k in ts if k != "time_min"]] if "time_min" in ts else list(ts)
+        return {k: ts[k] for k in keys}
 
     def timeseries_frame(self):
         """The time series as a :class:`pandas.DataFrame` indexed by ``time_min`` (pandas imported lazily)."""

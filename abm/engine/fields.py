@@ -24,6 +24,8 @@ def face_boundaries(ndim: int, default: str, value: float, faces: dict[str, str]
         pair = []
         for side in ("low", "high"):
             kind = faces.get(f"{_AXES[axis]}_{side}", default)
+            if kind not in ("dirichlet", "noflux"):
+                raise ValueError(f"face {_AXES[axis]}_{side}: boundary '{kind}' is neither 'dirichlet' nor 'noflux'")
             pair.append(float(value) if kind == "dirichlet" else None)
         out.append(tuple(pair))
     return out
@@ -58,16 +60,33 @@ class DiffusingField:
         ``"float32"`` or ``"float64"``.
     substeps : int
         Solver steps per agent step; more sub-steps shrink the splitting error of the LOD scheme.
+    solver : {"lod", "exact"}
+        ``"lod"``: the operator-split implicit scheme of :mod:`kernels.diffusion`. ``"exact"``: the unsplit
+        backward-Euler system of :mod:`kernels.implicit`, solved to ``tolerance`` (for fields whose per-voxel
+        sinks make the splitting error large, such as oxygen).
+    tolerance : float
+        Relative residual at which the exact solve stops.
+
+    Attributes
+    ----------
+    last_iterations : int
+        Iterations of the last exact solve (0 for the LOD solver).
+    last_residual : float
+        Relative residual of the last exact solve (0 for the LOD solver).
     """
 
     def __init__(self, name, unit, xp, shape, spacing_um, dt_min, diffusivity, decay_per_min, boundaries, initial,
-                 dtype="float32", substeps=1):
+                 dtype="float32", substeps=1, solver="lod", tolerance=1e-4):
         if decay_per_min < 0:
             raise ValueError(f"field '{name}': decay_per_min must be >= 0, got {decay_per_min}")
         self.name, self.unit, self.xp = name, unit, xp
         self.shape = tuple(int(n) for n in shape)
         self.spacing_um, self.dt_min = float(spacing_um), float(dt_min)
         self.substeps = int(substeps)
+        if solver not in ("lod", "exact"):
+            raise ValueError(f"field '{name}': solver must be 'lod' or 'exact', got {solver!r}")
+        self.solver, self.tolerance = solver, float(tolerance)
+        self.last_iterations, self.last_residual = 0, 0.0
         self.decay_per_min = float(decay_per_min)
         self.boundaries = list(boundaries)
         self.dtype = np.dtype(dtype)

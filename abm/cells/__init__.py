@@ -1,1 +1,0 @@
-"""Cell types: one module per type, each declaring its column schema and its vectorised rules."""

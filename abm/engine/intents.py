@@ -1,0 +1,82 @@
+"""Intents: what the rules of one step want, committed once by :func:`abm.engine.commit.commit_agents`.
+
+Rules never remove, add or move agents themselves. They record intents, and the commit applies them all at
+once with random-priority conflict resolution, so the outcome does not depend on the order of agents or rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Intents"]
+
+
+class Intents:
+    """The intents of one step.
+
+    Parameters
+    ----------
+    world : abm.engine.world.World
+        The world the intents refer to (for table sizes and death-cause codes).
+
+    Attributes
+    ----------
+    death_cause : dict of str to int8 array
+        Per table, the code of the cause each agent dies of this step (0 = survives), created on first use.
+    divisions, moves : dict of str to list of (rows, targets)
+        Per table, rows that divide (move) and the voxel each daughter (mover) wants.
+    recruits : dict of str to list of (voxels, columns, readout)
+        Per table, voxels where new agents want to enter, their other column values, and the event readout
+        that counts the admitted ones.
+    layer_sets : list of (layer, voxels, value)
+        Layer voxels to set at the commit (e.g. necrotic voxels cleared).
+    notes : dict of str to list
+        Module-specific intents read by that module's commit hook (e.g. vessel sprouts).
+    """
+
+    def __init__(self, world):
+        self.world = world
+        self.xp = world.xp
+        self.death_cause: dict = {}
+        self.divisions: dict = {}
+        self.moves: dict = {}
+        self.recruits: dict = {}
+        self.layer_sets: list = []
+        self.notes: dict = {}
+
+    def causes(self, table: str):
+        """The death-cause codes of ``table`` this step (int8, one per agent), created on first use."""
+        codes = self.death_cause.get(table)
+        if codes is None:
+            codes = self.death_cause[table] = self.xp.zeros(len(self.world.tables[table]), dtype=np.int8)
+        return codes
+
+    def kill(self, table: str, which, cause: str) -> None:
+        """Mark agents of ``table`` as dying of ``cause``; ``which`` is a boolean mask or row indices.
+
+        When several rules kill one agent the cause of highest priority wins, whatever the rule order.
+        """
+        code = self.world.death_codes[table][cause]
+        rows = self.xp.nonzero(which)[0] if which.dtype == bool else which
+        codes = self.causes(table)
+        codes[rows] = self.xp.maximum(codes[rows], np.int8(code))
+
+    def divide(self, table: str, parents, targets) -> None:
+        """Record that agents ``parents`` want to place a daughter in voxels ``targets``."""
+        self.divisions.setdefault(table, []).append((parents, targets))
+
+    def move(self, table: str, rows, targets) -> None:
+        """Record that agents ``rows`` want to move to voxels ``targets`` (capacity layers)."""
+        self.moves.setdefault(table, []).append((rows, targets))
+
+    def recruit(self, table: str, voxels, columns: dict, readout: str | None = None) -> None:
+        """Record new agents wanting to enter at ``voxels`` with scalar column values ``columns``."""
+        self.recruits.setdefault(table, []).append((voxels, columns, readout))
+
+    def set_layer(self, layer: str, voxels, value) -> None:
+        """Record that ``layer`` takes ``value`` at flat ``voxels`` when the step commits."""
+        self.layer_sets.append((layer, voxels, value))
+
+    def note(self, key: str, value) -> None:
+        """Record a module-specific intent under ``key`` for that module's commit hook."""
+        self.notes.setdefault(key, []).append(value)

@@ -1,0 +1,1 @@
+"""The immune module (see module.py)."""

@@ -1,0 +1,222 @@
+"""The immune module: CD8 T cells, Tregs and macrophages in the immune layer, lymph-node priming, phenotype.
+
+Owns the ``tcell`` and ``macrophage`` tables on the ``immune`` capacity layer (``immune.immune_capacity``
+places per voxel), the ``chemokine`` and ``ifng`` fields, the deaths of tumour cells killed by T cells and
+macrophages, the T-cell and macrophage rules, priming (state ``state/immune/priming``) and the infiltration
+and phenotype readouts.
+
+Priming: antigen released by dying tumour cells (the sum of their antigenicity) raises it logistically to 1,
+``p += a antigen (1 - p)``; it relaxes without antigen, ``p -= d dt p``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from abm.engine.module import DeathCause, Declaration, FieldSpec, Readout, TableSpec
+from abm.modules.base import BaseModule, Params
+from abm.modules.common import initial_region
+from abm.modules.immune import macrophage, tcell
+from abm.modules.immune.common import M0, M1, M2
+from kernels.lattice import Stencil, box_sum, cube_offsets, scatter_count
+
+__all__ = ["PHENOTYPE_CODES", "ImmuneModule"]
+
+#: Immune-phenotype codes stored in the ``immune_phenotype_code`` time series.
+PHENOTYPE_CODES = {"no_tumour": 0, "inflamed": 1, "excluded": 2, "desert": 3}
+
+#: Canonical order: macrophage rules, then T-cell rules.
+RULES = {**macrophage.RULES, **tcell.RULES}
+
+
+def _readouts(ndim: int) -> list[Readout]:
+    density = "cells/mm^2" if ndim == 2 else "cells/mm^3"
+    counts = {
+        "tcell_effector": "CD8 effector T cells", "tcell_treg": "regulatory T cells",
+        "tcell_exhausted": "exhausted effectors", "tcell_engaged": "effectors engaged with a tumour cell",
+        "macrophage_m0": "M0 macrophages", "macrophage_m1": "M1 macrophages", "macrophage_m2": "M2 macrophages",
+        "cd8_core": "effectors in the tumour core", "cd8_margin": "effectors in the invasive margin",
+        "cd8_stroma": "effectors in the stroma",
+    }
+    events = {
+        "tumour_killed_by_tcell": "tumour cells killed by T cells", "tumour_killed_by_macrophage":
+        "tumour cells killed by M1 macrophages", "kills": "tumour cells killed by immune cells",
+        "tcell_deaths": "T-cell deaths", "macrophage_deaths": "macrophage deaths",
+        "tcell_recruited": "effectors recruited", "treg_recruited": "Tregs recruited",
+        "macrophage_recruited": "macrophages recruited",
+    }
+    out = [Readout(k, "cells", "count", v) for k, v in counts.items()]
+    out += [Readout(k, "cells", "event", v) for k, v in events.items()]
+    out += [
+        Readout("antigen_released", "-", "event", "summed antigenicity of the tumour cells that died in the step"),
+        Readout("ecm_mean_tumour", "-", "level", "mean ECM density over the lesion (core and margin)"),
+        Readout("ecm_mean_stroma", "-", "level", "mean ECM density over the stroma"),
+        Readout("ifng_max", "ng/mL", "level", "maximal IFN-γ"),
+        Readout("chemokine_max", "a.u.", "level", "maximal chemokine"),
+        Readout("exhausted_fraction", "-", "ratio", "exhausted fraction of effectors"),
+        Readout("effector_treg_ratio", "-", "ratio", "effectors per Treg (per 1 when none)"),
+        Readout("m1_m2_ratio", "-", "ratio", "M1 per M2 macrophage (per 1 when none)"),
+        Readout("antigenicity_mean", "-", "level", "mean antigenicity of tumour cells"),
+        Readout("pdl1_mean", "-", "level", "mean PD-L1 of tumour cells"),
+        Readout("priming", "-", "level", "lymph-node priming (0..1)"),
+        Readout("immune_phenotype_code", "-", "code", "0 no tumour, 1 inflamed, 2 excluded, 3 desert"),
+    ]
+    out += [Readout(f"cd8_density_{r}", density, "level", f"CD8 effector density in the {r}")
+            for r in ("core", "margin", "stroma")]
+    return out
+
+
+class ImmuneModule(BaseModule):
+    """T cells, Tregs and macrophages; priming; infiltration readouts."""
+
+    name = "immune"
+    seed_order = 3
+
+    @classmethod
+    def from_config(cls, config, namespaced: bool = True) -> ImmuneModule:
+        """The module with the sections of ``config`` it reads."""
+        im = config.immune
+        params = Params(
+            immune=im, tcell=im.tcell, macrophage=im.macrophage, ecm=im.ecm, phenotype=im.phenotype,
+            resistance=config.resistance, capacity=im.immune_capacity, fields=config.fields,
+            initial=config.initial.tumour, ring_inner_um=im.caf.stroma_inner_um, ring_width_um=im.caf.stroma_width_um,
+            priming=float(im.priming_initial), ndim=config.ndim, namespaced=namespaced,
+        )
+        return cls(params, [*im.tcell.rules, *im.macrophage.rules])
+
+    def declare(self) -> Declaration:
+        """Tables, the immune layer, chemokine and IFN-γ, the causes of death, rules and readouts."""
+        f = self.params.fields
+        fields = [FieldSpec(name, sec.unit, sec.diffusivity_um2_per_min, sec.decay_per_min, sec.initial,
+                            sec.boundary, sec.substeps, ecm_hindered=sec.large_molecule)
+                  for name, sec in (("chemokine", f.chemokine), ("ifng", f.ifng))]
+        return Declaration(
+            occupancy={"immune": self.params.capacity},
+            fields=fields,
+            tables=[TableSpec("tcell", tcell.COLUMNS, layer="immune", age_column="age_min",
+                              deaths_readout="tcell_deaths"),
+                    TableSpec("macrophage", macrophage.COLUMNS, layer="immune", age_column="age_min",
+                              deaths_readout="macrophage_deaths")],
+            death_causes=[
+                DeathCause("tumour", "killed_tcell", 3, "tumour_killed_by_tcell"),
+                DeathCause("tumour", "killed_macrophage", 4, "tumour_killed_by_macrophage"),
+                DeathCause("tcell", "lifespan", 1), DeathCause("tcell", "kill_limit", 2),
+                DeathCause("macrophage", "lifespan", 1),
+            ],
+            rules=self.rules(RULES),
+            readouts=_readouts(self.params.ndim),
+        )
+
+    def seed(self, world, rng) -> None:
+        """M0 macrophages in the stroma ring around the seeded nodule, at ``immune.initial_macrophages``."""
+        xp, p = world.xp, self.params
+        inside, r_um = initial_region(world, p.initial)
+        inner = p.initial.radius_um + p.ring_inner_um
+        ring = (r_um > inner) & (r_um <= inner + p.ring_width_um) & ~inside & ~world.layers["vessels"].reshape(-1)
+        u_mac = rng.random(world.size)
+        mac_vox = xp.nonzero(ring & (u_mac < p.immune.initial_macrophages))[0].astype(np.int64)
+        k = mac_vox.shape[0]
+        world.tables["macrophage"].append(voxel=mac_vox, state=xp.zeros(k, dtype=np.int8), age_min=xp.zeros(k))
+
+    def attach(self, world) -> None:
+        """Build the suppression window and remember the geometry of the density readouts."""
+        radius = int(round(self.params.tcell.suppression_radius_um / world.spacing_um))
+        self.params.suppression_window = Stencil(world.shape, cube_offsets(world.ndim, radius), world.xp)
+        self._ndim, self._spacing = world.ndim, world.spacing_um
+
+    def commit(self, world, record, intents, events: dict) -> None:
+        """Antigen released by the tumour cells that died; priming follows it."""
+        xp = world.xp
+        dead = record.dead.get("tumour")
+        antigen = dead[1]["antigenicity"].astype(np.float64).sum() if dead is not None else xp.zeros(())
+        events["antigen_released"] = antigen
+        im = self.params.immune
+        p = self.params.priming
+        p += im.priming_per_antigen * float(world.backend.to_host(xp.asarray(antigen))) * (1.0 - p)
+        p -= im.priming_decay_per_min * world.dt_min * p
+        self.params.priming = float(min(max(p, 0.0), 1.0))
+
+    def state(self, world) -> dict:
+        """Priming."""
+        return {"priming": float(self.params.priming)}
+
+    def load_state(self, world, state: dict | None) -> None:
+        """Restore priming (a module new at a branch starts at ``immune.priming_initial``)."""
+        self.params.priming = float(state["priming"]) if state else float(self.params.immune.priming_initial)
+
+    # ------------------------------------------------------------------------------------------------------
+    def regions(self, world):
+        """Masks of tumour core, invasive margin and stroma (bool, lattice shape).
+
+        The lesion is the live plus necrotic tumour voxels. The margin is the band of width
+        ``immune.phenotype.margin_um`` centred on the lesion edge (Chebyshev distance, via box dilation and
+        erosion); the core is the lesion inside that band (the whole lesion when the band swallows it); the
+        stroma is everything else.
+        """
+        lesion = world.tissue == world.code("tumour")
+        lesion |= world.layers["necrotic"]
+        half = int(round(self.params.phenotype.margin_um / 2 / world.spacing_um))
+        window = (2 * half + 1) ** world.ndim
+        count = box_sum(lesion, half)
+        dilated = count > 0
+        # Erosion: every voxel of the window lies in the lesion (windows clipped at the lattice edge count as out).
+        eroded = count >= window - 0.5
+        core = eroded if bool(eroded.any()) else lesion
+        return core, dilated & ~core, ~dilated
+
+    def measure(self, world) -> dict:
+        """Immune counts, infiltration per region, ECM per region, field maxima (backend scalars)."""
+        xp = world.xp
+        t, m, tum = world.tables["tcell"], world.tables["macrophage"], world.tables["tumour"]
+        eff = ~t["is_treg"]
+        core, margin, stroma = self.regions(world)
+        cd8 = scatter_count(t["voxel"][eff], world.size).reshape(world.shape)
+        lesion = core | margin
+        ecm = world.layers["ecm"]
+        return {
+            "tcell_effector": xp.count_nonzero(eff),
+            "tcell_treg": xp.count_nonzero(t["is_treg"]),
+            "tcell_exhausted": xp.count_nonzero(eff & (t["exhaustion"] >= 1.0)),
+            "tcell_engaged": xp.count_nonzero(t["engaged"]),
+            "macrophage_m0": xp.count_nonzero(m["state"] == M0),
+            "macrophage_m1": xp.count_nonzero(m["state"] == M1),
+            "macrophage_m2": xp.count_nonzero(m["state"] == M2),
+            "antigenicity_sum": tum["antigenicity"].astype(np.float64).sum(),
+            "pdl1_sum": tum["pdl1"].astype(np.float64).sum(),
+            "cd8_core": cd8[core].sum(),
+            "cd8_margin": cd8[margin].sum(),
+            "cd8_stroma": cd8[stroma].sum(),
+            "core_voxels": xp.count_nonzero(core),
+            "margin_voxels": xp.count_nonzero(margin),
+            "stroma_voxels": xp.count_nonzero(stroma),
+            "ecm_mean_tumour": ecm[lesion].astype(np.float64).sum() / max(1, int(xp.count_nonzero(lesion))),
+            "ecm_mean_stroma": ecm[stroma].astype(np.float64).sum() / max(1, int(xp.count_nonzero(stroma))),
+            "ifng_max": world.fields["ifng"].data.max(),
+            "chemokine_max": world.fields["chemokine"].data.max(),
+        }
+
+    def derive(self, out: dict) -> None:
+        """Ratios, fractions, densities (per mm² in 2-D, per mm³ in 3-D) and the phenotype code."""
+        n_tumour = out["tumour_cells"]
+        out["kills"] = out["tumour_killed_by_tcell"] + out["tumour_killed_by_macrophage"]
+        out["exhausted_fraction"] = out["tcell_exhausted"] / out["tcell_effector"] if out["tcell_effector"] else 0.0
+        out["effector_treg_ratio"] = out["tcell_effector"] / max(out["tcell_treg"], 1.0)
+        out["m1_m2_ratio"] = out["macrophage_m1"] / max(out["macrophage_m2"], 1.0)
+        antigenicity, pdl1 = out.pop("antigenicity_sum"), out.pop("pdl1_sum")
+        out["antigenicity_mean"] = antigenicity / n_tumour if n_tumour else 0.0
+        out["pdl1_mean"] = pdl1 / n_tumour if n_tumour else 0.0
+        out["priming"] = float(self.params.priming)
+        voxel_mm = (self._spacing / 1000.0) ** self._ndim
+        for region in ("core", "margin", "stroma"):
+            n_vox = out.pop(f"{region}_voxels")
+            out[f"cd8_density_{region}"] = out[f"cd8_{region}"] / (n_vox * voxel_mm) if n_vox else 0.0
+        ph = self.params.phenotype
+        if n_tumour == 0:
+            code = PHENOTYPE_CODES["no_tumour"]
+        elif out["cd8_density_core"] >= ph.inflamed_core_per_mm2:
+            code = PHENOTYPE_CODES["inflamed"]
+        elif max(out["cd8_density_margin"], out["cd8_density_stroma"]) >= ph.excluded_margin_per_mm2:
+            code = PHENOTYPE_CODES["excluded"]
+        else:
+            code = PHENOTYPE_CODES["desert"]
+        out["immune_phenotype_code"] = float(code)

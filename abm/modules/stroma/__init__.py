@@ -1,0 +1,1 @@
+"""The stroma module (see module.py)."""

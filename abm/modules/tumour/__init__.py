@@ -1,0 +1,1 @@
+"""The tumour module (see module.py)."""

@@ -1,0 +1,1 @@
+"""The vasculature module (see module.py)."""

@@ -1,0 +1,141 @@
+"""The vasculature module: vessel voxels, their oxygen supply and perfusion, and VEGF-driven angiogenesis.
+
+Owns the ``oxygen`` field and the ``vessels`` layer, publishes the flat indices of the vessel voxels as
+``world.indices["vessel_voxels"]`` and provides the factor ``perfusion`` (read by O2 supply and immune entry):
+``1 / (1 + VEGF/K)`` with ``resistance.abnormal_vasculature`` and a VEGF field, else 1.
+
+Rules: ``oxygen_supply`` (exchange): each vessel voxel relaxes toward blood pO2 at ``vessel_supply_per_min`` x
+perfusion, implicitly (a per-voxel sink plus the matching source); ``angiogenesis`` (behaviour, with
+``vessels.angiogenesis``): a free tissue voxel next to a vessel becomes a vessel at rate
+``r VEGF/(VEGF + K)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from abm.engine.module import Declaration, FieldSpec, LayerSpec, Readout, rule
+from abm.engine.world import FREE
+from abm.modules.base import BaseModule, Params
+from abm.modules.common import initial_region
+from kernels.lattice import box_sum
+
+__all__ = ["VasculatureModule"]
+
+
+@rule("oxygen_supply", "exchange", needs=("field:oxygen",))
+def oxygen_supply(world, params, rng, intents) -> None:
+    """Vessel O2 supply, written at the vessel voxels only (they are distinct, so ``+=`` is exact)."""
+    oxygen, vessels = world.fields["oxygen"], world.indices["vessel_voxels"]
+    ox = params.oxygen
+    supply = world.xp.full(vessels.shape[0], ox.vessel_supply_per_min, dtype=world.dtype)
+    inflow = supply * world.dtype.type(ox.blood_mmHg)
+    if params.perfusion_from_vegf:
+        perfusion = world.factor("perfusion", vessels).astype(world.dtype)
+        supply, inflow = supply * perfusion, inflow * perfusion
+    oxygen.sink.reshape(-1)[vessels] += supply
+    oxygen.source.reshape(-1)[vessels] += inflow
+
+
+@rule("angiogenesis", "behaviour", needs=("field:vegf",))
+def angiogenesis(world, params, rng, intents) -> None:
+    """Record VEGF-driven sprouting: free tissue voxels next to a vessel become vessels.
+
+    Rate ``r VEGF/(VEGF + K)`` per free voxel with a vessel in its Moore neighbourhood.
+    """
+    xp, vs = world.xp, params.vessels
+    near = box_sum(world.layers["vessels"], 1).reshape(-1) > 0.5
+    candidates = xp.nonzero(near & (world.tissue.reshape(-1) == FREE))[0]
+    if candidates.shape[0] == 0:
+        return
+    vegf = world.fields["vegf"].data.reshape(-1)[candidates].astype(np.float64)
+    rate = vs.angiogenesis_rate_per_min * vegf / (vegf + vs.angiogenesis_vegf_half_max)
+    sprout = rng.random(candidates.shape[0]) < 1.0 - xp.exp(-rate * world.dt_min)
+    intents.note("vessel_sprouts", candidates[sprout])
+
+
+RULES = {r.name: r for r in (oxygen_supply, angiogenesis)}
+
+
+class VasculatureModule(BaseModule):
+    """Vessel voxels as oxygen sources and immune entry points."""
+
+    name = "vasculature"
+    seed_order = 0
+
+    @classmethod
+    def from_config(cls, config, namespaced: bool = True) -> VasculatureModule:
+        """The module with the sections of ``config`` it reads."""
+        params = Params(
+            vessels=config.vessels, oxygen=config.fields.oxygen, initial=config.initial.tumour,
+            abnormal_vasculature=config.resistance.abnormal_vasculature,
+            vegf_half_max=config.immune.vessel_abnormality_vegf_half_max, namespaced=namespaced,
+        )
+        params.perfusion_from_vegf = False  # set in attach(), once the fields are known
+        rules = ["oxygen_supply"] + (["angiogenesis"] if config.vessels.angiogenesis else [])
+        return cls(params, rules)
+
+    def declare(self) -> Declaration:
+        """The oxygen field, the vessel layer, the supply (and angiogenesis) rules and vessel readouts."""
+        ox = self.params.oxygen
+        return Declaration(
+            fields=[FieldSpec("oxygen", "mmHg", ox.diffusivity_um2_per_min, ox.decay_per_min, ox.initial_mmHg,
+                              ox.boundary, ox.substeps)],
+            layers=[LayerSpec("vessels", "flag", "bool", False, tissue_mark=True)],
+            rules=self.rules(RULES),
+            readouts=[Readout("vessel_voxels", "voxels", "count", "vessel voxels"),
+                      Readout("vessels_sprouted", "voxels", "event", "vessel voxels added by angiogenesis")],
+        )
+
+    def seed(self, world, rng) -> None:
+        """Vessel voxels: ``random`` (density, optionally outside the seeded nodule), ``list`` or ``none``."""
+        xp, vs = world.xp, self.params.vessels
+        vessels = xp.zeros(world.size, dtype=bool)
+        if vs.pattern == "random":
+            vessels = rng.random(world.size) < vs.density
+            if vs.exclude_tumour:
+                inside, _ = initial_region(world, self.params.initial)
+                vessels &= ~inside
+        elif vs.pattern == "list" and vs.positions:
+            idx = np.ravel_multi_index(np.asarray(vs.positions).T, world.shape)
+            vessels[xp.asarray(idx)] = True
+        world.layers["vessels"] = vessels.reshape(world.shape)
+
+    def attach(self, world) -> None:
+        """Publish the vessel voxels and provide the perfusion factor."""
+        self._index(world)
+        p = self.params
+        p.perfusion_from_vegf = bool(p.abnormal_vasculature and "vegf" in world.fields)
+        if p.perfusion_from_vegf and "perfusion" not in world._factors:
+            vegf_field, half_max = world.fields["vegf"], p.vegf_half_max
+
+            def perfusion(voxels):
+                vegf = vegf_field.data.reshape(-1)[voxels].astype(np.float64)
+                return 1.0 / (1.0 + vegf / half_max)
+
+            world.provide("perfusion", perfusion)
+
+    def _index(self, world) -> None:
+        world.indices["vessel_voxels"] = world.xp.nonzero(world.layers["vessels"].reshape(-1))[0].astype(np.int64)
+
+    def commit(self, world, record, intents, events: dict) -> None:
+        """Turn the sprouts into vessels, except where a tissue agent was placed this step."""
+        xp = world.xp
+        events["vessels_sprouted"] = xp.zeros((), dtype=np.int64)
+        sprouts = intents.notes.get("vessel_sprouts")
+        if not sprouts:
+            return
+        vox = xp.unique(xp.concatenate(sprouts))
+        taken = xp.zeros(world.size, dtype=bool)
+        for name, spec in world.table_specs.items():
+            if spec.layer == "tissue":
+                taken[world.tables[name]["voxel"]] = True  # a daughter placed this step keeps its voxel
+        vox = vox[~taken[vox]]
+        world.layers["vessels"].reshape(-1)[vox] = True
+        events["vessels_sprouted"] = xp.asarray(vox.shape[0], dtype=np.int64)
+        if vox.shape[0]:
+            self._index(world)
+
+    def measure(self, world) -> dict:
+        """Number of vessel voxels."""
+        return {"vessel_voxels": world.xp.asarray(world.indices["vessel_voxels"].shape[0], dtype=np.float64)}
