@@ -90,6 +90,14 @@ class SoluteConfig(Section):
         "for antibodies and nanoparticles, which diffuse 5-10x slower in collagen-rich tumours (Pluen 2001 PNAS).",
     )
     substeps: Annotated[int, Field(ge=1, le=1000)] = Field(default=1, description="Solver sub-steps per step.")
+    solver: Literal["lod", "exact"] = Field(
+        default="lod",
+        description="'lod' (operator split; accurate without strong per-voxel sinks) or 'exact' (the unsplit implicit "
+        "step, for fields with strong per-voxel sinks).",
+    )
+    tolerance: Annotated[float, Field(gt=0, le=0.1)] = Field(
+        default=1e-3, description="Stopping tolerance of the exact solve (relative max error, dimensionless)."
+    )
 
 
 def solute(name, unit, d, decay, d_src, decay_src):

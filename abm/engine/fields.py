@@ -11,8 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.diffusion import lod_diffuse, lod_factors, lod_scratch_size
+from kernels.implicit import implicit_diffuse, implicit_factors, implicit_scratch_size
 
-__all__ = ["DiffusingField", "face_boundaries"]
+__all__ = ["DiffusingField", "SolverError", "face_boundaries"]
+
+
+class SolverError(RuntimeError):
+    """An iterative field solve did not converge (a numerical failure, not a user error)."""
 
 _AXES = "xyz"
 
@@ -91,7 +96,8 @@ class DiffusingField:
         self.boundaries = list(boundaries)
         self.dtype = np.dtype(dtype)
         self.data = xp.full(self.shape, initial, dtype=self.dtype)
-        self._scratch = xp.empty(lod_scratch_size(self.shape), dtype=self.dtype)
+        size = implicit_scratch_size(self.shape) if solver == "exact" else lod_scratch_size(self.shape)
+        self._scratch = xp.empty(size, dtype=self.dtype)
         self.set_diffusivity(diffusivity)
         self._sink = xp.zeros(self.shape, dtype=self.dtype)  # 1/min, refilled each step
         self._sink_touched = False
@@ -100,8 +106,9 @@ class DiffusingField:
     def set_diffusivity(self, diffusivity) -> None:
         """Set a new diffusion coefficient (µm²/min, scalar or per voxel) and rebuild the solver factors."""
         self.diffusivity = diffusivity
-        self._factors = lod_factors(self.shape, self.spacing_um, self.dt_min / self.substeps, diffusivity,
-                                    self.boundaries, self.dtype, self.xp, decay_per_min=self.decay_per_min)
+        build = implicit_factors if self.solver == "exact" else lod_factors
+        self._factors = build(self.shape, self.spacing_um, self.dt_min / self.substeps, diffusivity,
+                              self.boundaries, self.dtype, self.xp, decay_per_min=self.decay_per_min)
 
     @property
     def sink(self):
@@ -137,7 +144,23 @@ class DiffusingField:
         self.source.fill(0)
 
     def advance(self) -> None:
-        """Advance one step: diffusion, decay and the recorded sinks and sources, all implicit."""
+        """Advance one step: diffusion, decay and the recorded sinks and sources, all implicit.
+
+        With ``solver = "exact"`` the iterations and residual of the (last) solve are kept in
+        :attr:`last_iterations` and :attr:`last_residual`; a solve that hits its iteration cap raises
+        :class:`SolverError` rather than continue with an unconverged field.
+        """
+        sink = self._sink if self._sink_touched else None
+        if self.solver == "lod":
+            for _ in range(self.substeps):
+                lod_diffuse(self.data, self._factors, self._scratch, sink_per_min=sink, source=self.source)
+            return
+        iterations = 0
         for _ in range(self.substeps):
-            lod_diffuse(self.data, self._factors, self._scratch,
-                        sink_per_min=self._sink if self._sink_touched else None, source=self.source)
+            info = implicit_diffuse(self.data, self._factors, self._scratch, sink_per_min=sink, source=self.source,
+                                    tolerance=self.tolerance)
+            iterations += info.iterations
+            if not info.converged:
+                raise SolverError(f"field '{self.name}': the implicit solve did not reach tolerance {self.tolerance:g} "
+                                  f"in {info.iterations} iterations (relative residual {info.residual:.3g})")
+        self.last_iterations, self.last_residual = iterations, float(info.residual)

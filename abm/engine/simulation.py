@@ -24,7 +24,7 @@ from abm.engine.agents import AgentTable
 from abm.engine.commit import commit_agents
 from abm.engine.fields import DiffusingField, face_boundaries
 from abm.engine.intents import Intents
-from abm.engine.module import PHASES
+from abm.engine.module import PHASES, Readout
 from abm.engine.world import World
 
 __all__ = ["BuildError", "Simulation"]
@@ -77,6 +77,7 @@ class Simulation:
         world, xp = self.world, self.world.xp
         self.declarations = {m.name: m.declare() for m in self.modules}
         owner: dict[str, str] = {}
+        self.readout_specs: dict = {}
 
         def claim(kind: str, name: str, module: str) -> None:
             key = f"{kind}:{name}"
@@ -84,7 +85,6 @@ class Simulation:
                 raise BuildError(f"{kind} '{name}' is declared by both '{owner[key]}' and '{module}'")
             owner[key] = module
 
-        self.readout_specs: dict = {}
         self.params_of: dict = {}
         self.owner_of_layer: dict[str, str] = {}
         for m in self.modules:
@@ -101,6 +101,13 @@ class Simulation:
                     solver=spec.solver, tolerance=spec.tolerance,
                 )
                 world.field_specs[spec.name] = spec
+                if spec.solver == "exact":
+                    for r in (Readout(f"{spec.name}_solver_iterations", "iterations", "level",
+                                      f"iterations of the exact {spec.name} solve in the step"),
+                              Readout(f"{spec.name}_solver_residual", "-", "ratio",
+                                      f"estimated relative max error of the {spec.name} solve")):
+                        claim("readout", r.name, m.name)
+                        self.readout_specs[r.name] = r
             for spec in d.layers:
                 claim("layer", spec.name, m.name)
                 dtype = world.dtype if spec.dtype == "float" else np.dtype(spec.dtype)
@@ -294,6 +301,10 @@ class Simulation:
         for name, spec in self.readout_specs.items():
             if spec.kind == "event":
                 out.setdefault(name, 0.0)
+        for name, f in world.fields.items():
+            if f.solver == "exact":
+                out[f"{name}_solver_iterations"] = float(f.last_iterations)
+                out[f"{name}_solver_residual"] = float(f.last_residual)
         for m in self.modules:
             m.derive(out)
         undeclared = set(out) - set(self.readout_specs) - {"time_min"}

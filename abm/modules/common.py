@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["hill", "initial_region", "probability", "ramp"]
+from abm.engine.module import FieldSpec
+
+__all__ = ["hill", "initial_region", "probability", "ramp", "solute_spec"]
 
 
 def hill(x, half_max, n, xp):
@@ -40,3 +42,10 @@ def initial_region(world, initial_tumour):
     centre = initial_tumour.center_um or [n * world.spacing_um / 2 for n in world.shape]
     r2 = sum((c - c0) ** 2 for c, c0 in zip(world.voxel_centres_um(), centre))
     return (r2 <= initial_tumour.radius_um**2).reshape(-1), xp.sqrt(r2).reshape(-1)
+
+
+def solute_spec(name: str, section) -> FieldSpec:
+    """The :class:`FieldSpec` of a solute field from its ``[fields.<name>]`` section (``abm.schema.SoluteConfig``)."""
+    return FieldSpec(name, section.unit, section.diffusivity_um2_per_min, section.decay_per_min, section.initial,
+                     section.boundary, section.substeps, ecm_hindered=section.large_molecule, solver=section.solver,
+                     tolerance=section.tolerance)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from abm.engine.module import DeathCause, Declaration, FieldSpec, Readout, TableSpec
+from abm.engine.module import DeathCause, Declaration, Readout, TableSpec
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import initial_region
+from abm.modules.common import initial_region, solute_spec
 from abm.modules.immune import macrophage, tcell
 from abm.modules.immune.common import M0, M1, M2
 from kernels.lattice import Stencil, box_sum, cube_offsets, scatter_count
@@ -87,9 +87,7 @@ class ImmuneModule(BaseModule):
     def declare(self) -> Declaration:
         """Tables, the immune layer, chemokine and IFN-γ, the causes of death, rules and readouts."""
         f = self.params.fields
-        fields = [FieldSpec(name, sec.unit, sec.diffusivity_um2_per_min, sec.decay_per_min, sec.initial,
-                            sec.boundary, sec.substeps, ecm_hindered=sec.large_molecule)
-                  for name, sec in (("chemokine", f.chemokine), ("ifng", f.ifng))]
+        fields = [solute_spec(name, sec) for name, sec in (("chemokine", f.chemokine), ("ifng", f.ifng))]
         return Declaration(
             occupancy={"immune": self.params.capacity},
             fields=fields,

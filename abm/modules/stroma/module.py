@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from abm.engine.agents import Column
-from abm.engine.module import Declaration, FieldSpec, LayerSpec, Readout, TableSpec, rule
+from abm.engine.module import Declaration, LayerSpec, Readout, TableSpec, rule
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import initial_region, probability
+from abm.modules.common import initial_region, probability, solute_spec
 
 __all__ = ["COLUMNS", "StromaModule"]
 
@@ -121,9 +121,7 @@ class StromaModule(BaseModule):
     def declare(self) -> Declaration:
         """The CAF table, the ECM layer, TGF-β, VEGF and CXCL12, the CAF rules and readouts."""
         f = self.params.fields
-        fields = [FieldSpec(name, sec.unit, sec.diffusivity_um2_per_min, sec.decay_per_min, sec.initial,
-                            sec.boundary, sec.substeps, ecm_hindered=sec.large_molecule)
-                  for name, sec in (("tgfb", f.tgfb), ("vegf", f.vegf), ("cxcl12", f.cxcl12))]
+        fields = [solute_spec(name, sec) for name, sec in (("tgfb", f.tgfb), ("vegf", f.vegf), ("cxcl12", f.cxcl12))]
         return Declaration(
             fields=fields,
             layers=[LayerSpec("ecm", "-", "float", 0.0, as_field=True)],

@@ -34,10 +34,21 @@ class OxygenConfig(Section):
         default_factory=BoundaryConfig,
         description="Lattice-face conditions; default Dirichlet at 38 mmHg (PhysiCell cancer_immune far field).",
     )
+    solver: Literal["lod", "exact"] = Field(
+        default="exact",
+        description="'exact': the unsplit implicit step (multigrid-preconditioned conjugate gradients to 'tolerance'); "
+        "'lod': the operator-split step, about as fast but, with tumour uptake at K dt = 60, it puts several times "
+        "too many cells below 10 mmHg (docs/MODEL.md §3b).",
+    )
+    tolerance: Annotated[float, Field(gt=0, le=0.1)] = Field(
+        default=1e-3,
+        description="Stopping tolerance of the exact solve: estimated max error relative to the field's maximum "
+        "(dimensionless); 1e-3 is ~0.04 mmHg at 38 mmHg (kernels/implicit.py).",
+    )
     substeps: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=1,
-        description="Solver sub-steps per agent step (dimensionless). The LOD splitting error is first order in "
-        "the sub-step: at the defaults the pO2 just outside a 400 µm 2-D nodule is 17.3 mmHg against 10.2 exact "
+        description="Solver sub-steps per agent step (dimensionless); meant for solver = 'lod', whose splitting error "
+        "is first order in the sub-step: the pO2 just outside a 400 µm 2-D nodule is 17.3 mmHg against 10.2 exact "
         "with 1 sub-step, 16.0 with 2, 14.6 with 4 (docs/MODEL.md).",
     )
 

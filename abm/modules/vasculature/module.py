@@ -80,7 +80,7 @@ class VasculatureModule(BaseModule):
         ox = self.params.oxygen
         return Declaration(
             fields=[FieldSpec("oxygen", "mmHg", ox.diffusivity_um2_per_min, ox.decay_per_min, ox.initial_mmHg,
-                              ox.boundary, ox.substeps)],
+                              ox.boundary, ox.substeps, solver=ox.solver, tolerance=ox.tolerance)],
             layers=[LayerSpec("vessels", "flag", "bool", False, tissue_mark=True)],
             rules=self.rules(RULES),
             readouts=[Readout("vessel_voxels", "voxels", "count", "vessel voxels"),
