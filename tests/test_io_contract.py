@@ -356,3 +356,49 @@ def test_io_modules_import_each_other_without_a_cycle_or_private_names():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr  # the public names still import, in a fresh interpreter
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The documented snapshot contents equal what a run writes
+def _documented_snapshot_contents() -> dict:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md").read_text(encoding="utf-8")
+    block = text.split("The contents, by module", 1)[1].split("```", 2)[1]
+    fields, agents, state = {}, {}, set()
+    for line in block.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        path = parts[0]
+        if path.startswith("fields/"):
+            fields[path[len("fields/"):]] = parts[1]
+        elif path.startswith("agents/"):
+            agents[path.split("/")[1]] = [c.strip(",") for c in parts[1:]]
+        elif path.startswith("state/"):
+            state.add(path[len("state/"):])
+    return {"fields": fields, "agents": agents, "state": state}
+
+
+def test_snapshot_contents_equal_the_documented_ones(tmp_path):
+    from abm.config import parse_config
+    from abm.io import open_run
+    from abm.runner import run_simulation
+
+    cfg = parse_config({"name": "doc", "backend": "numpy", "grid": {"shape": [30, 30]},
+                        "time": {"duration_min": 12.0}, "initial": {"tumour": {"radius_um": 150.0}},
+                        "immune": {"enabled": True, "caf": {"stroma_density": 0.1}},
+                        "fields": {"vegf": {"large_molecule": True}},
+                        "output": {"summary_plot": False}})
+    result = run_simulation(cfg, tmp_path / "doc", progress=False)
+    documented = _documented_snapshot_contents()
+    with open_run(result.h5_path) as run:
+        g = run.h5["snapshots"][sorted(run.h5["snapshots"])[-1]]
+        assert {k: g["fields"][k].attrs["unit"] for k in g["fields"]} == documented["fields"]
+        assert sorted(g["agents"]) == sorted(documented["agents"])
+        for table in g["agents"]:
+            assert sorted(g["agents"][table]) == sorted(documented["agents"][table]), table
+        written = set()
+        for module, group in g["state"].items():
+            written |= {f"{module}/{k}" for k in group}
+            written |= {f"{module}/@{k}" for k in group.attrs}
+        assert written == documented["state"]
+        assert set(g["state"].attrs) == {"step", "time_min"}

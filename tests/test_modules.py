@@ -200,3 +200,22 @@ def test_replay_that_switches_on_the_immune_layer_adds_its_modules_and_fields(tm
         assert "immune" in branch_state["state"] and "ecm" in branch_state["fields"]
         ts = b.timeseries()
         assert ts["time_min"][-1] == 1080.0 and np.isfinite(ts["tcell_effector"]).all()
+
+
+def test_initial_tcells_are_seeded_on_distinct_voxels_of_the_shell():
+    data = {"backend": "numpy", "grid": {"shape": [40, 40]}, "vessels": {"pattern": "none"},
+            "initial": {"tumour": {"radius_um": 200.0}},
+            "immune": {"enabled": True, "initial_tcells": 150, "initial_tcell_gap_um": 30.0,
+                       "initial_tcell_shell_um": 75.0}}
+    sim = Simulation(parse_config(data))
+    t = sim.agents["tcell"]
+    vox = np.asarray(t["voxel"])
+    assert len(t) == 150 and np.unique(vox).size == 150 and not np.asarray(t["is_treg"]).any()
+    centre = np.array([400.0, 400.0])
+    r = np.linalg.norm((np.stack(np.unravel_index(vox, (40, 40)), 1) + 0.5) * 20.0 - centre, axis=1)
+    assert r.min() > 230.0 and r.max() <= 305.0
+    data["immune"]["initial_tcells"] = 5000
+    from abm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="initial_tcells"):
+        Simulation(parse_config(data))

@@ -246,6 +246,20 @@ class ImmuneConfig(Section):
     initial_macrophages: NonNegative = Field(
         default=0.0, description="Fraction of stroma-ring voxels seeded with an M0 macrophage (dimensionless)."
     )
+    initial_tcells: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="CD8 effector T cells seeded at t = 0 on distinct random voxels of a shell around the seeded "
+        "nodule (cells). PhysiCell's cancer_immune_3D sample introduces 7500 immune cells this way.",
+    )
+    initial_tcell_gap_um: NonNegative = Field(
+        default=30.0,
+        description="Gap between the seeded nodule's edge and the inner edge of the T-cell shell, µm (PhysiCell "
+        "cancer_immune_3D introduce_immune_cells: tumour radius + 30 µm).",
+    )
+    initial_tcell_shell_um: Positive = Field(
+        default=75.0,
+        description="Thickness of the T-cell shell, µm (PhysiCell cancer_immune_3D introduce_immune_cells: 75 µm).",
+    )
     tcell: TCellConfig = Field(default_factory=TCellConfig)
     macrophage: MacrophageConfig = Field(default_factory=MacrophageConfig)
     caf: CAFConfig = Field(default_factory=CAFConfig)

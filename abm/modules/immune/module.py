@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, Readout, TableSpec
 from abm.modules.base import BaseModule, Params
 from abm.modules.common import initial_region, solute_spec
@@ -115,6 +116,19 @@ class ImmuneModule(BaseModule):
         mac_vox = xp.nonzero(ring & (u_mac < p.immune.initial_macrophages))[0].astype(np.int64)
         k = mac_vox.shape[0]
         world.tables["macrophage"].append(voxel=mac_vox, state=xp.zeros(k, dtype=np.int8), age_min=xp.zeros(k))
+        n = p.immune.initial_tcells
+        if n:
+            inner = p.initial.radius_um + p.immune.initial_tcell_gap_um
+            shell = xp.nonzero((r_um > inner) & (r_um <= inner + p.immune.initial_tcell_shell_um))[0]
+            if shell.shape[0] < n:
+                raise ConfigError([f"immune.initial_tcells = {n}: the seeding shell ({inner:g} to "
+                                   f"{inner + p.immune.initial_tcell_shell_um:g} µm from the centre) has only "
+                                   f"{shell.shape[0]} voxels on this grid; lower the count or widen "
+                                   "immune.initial_tcell_shell_um"])
+            order = xp.argsort(rng.random(shell.shape[0]))  # a uniform random subset of distinct voxels
+            voxels = xp.sort(shell[order[:n]]).astype(np.int64)
+            cols = {c: xp.full(n, v) for c, v in tcell.NEW_CELL.items()}
+            world.tables["tcell"].append(voxel=voxels, is_treg=xp.zeros(n, dtype=bool), **cols)
 
     def attach(self, world) -> None:
         """Build the suppression window and remember the geometry of the density readouts."""
