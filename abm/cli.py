@@ -171,6 +171,33 @@ def _cmd_movie(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from abm.compare import RECIST_SD_MIN_DAYS, compare_runs, format_table, parse_labels
+    from abm.io.reader import RunFileError
+
+    sd_min_days = RECIST_SD_MIN_DAYS if args.sd_min_days is None else args.sd_min_days
+    try:
+        labels = parse_labels(args.labels, len(args.files)) if args.labels is not None else None
+        result = compare_runs(args.files, args.output, labels=labels, dpi=args.dpi, sd_min_days=sd_min_days)
+    except RunFileError:
+        raise
+    except ValueError as exc:  # labels, dpi, runs sharing no time, output format
+        raise UserError(str(exc)) from None
+    for warning in result.warnings:
+        print(f"tme: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    print(format_table(result))
+    w, h = result.size_px
+    print(f"wrote {result.figure} ({w}x{h})")
+    for name, why in result.skipped.items():
+        print(f"skipped {name}: {why}")
+    for name, lacking in result.partial.items():
+        print(f"panel {name}: no data for {', '.join(lacking)}")
+    return 0
+
+
 def _cmd_config_schema(args) -> int:
     from abm.config import Config
 
@@ -247,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--index", type=int, help="3-D: slice index (default the middle plane)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_cmd_movie)
+
+    sp = sub.add_parser("compare", help="overlay runs in one figure: burden vs a common baseline, immune, drugs")
+    sp.add_argument("files", nargs="+", metavar="FILE", help="run files (sim.h5), one or more")
+    sp.add_argument("-o", "--output", required=True, help="output image, e.g. compare.png")
+    sp.add_argument("--labels", metavar="A,B,...",
+                    help="one label per file, comma-separated (default: the therapies, else the directory name)")
+    sp.add_argument("--dpi", type=int, default=110, help="resolution (default 110)")
+    sp.add_argument("--sd-min-days", type=float, metavar="DAYS",
+                    help="RECIST: days without progression for SD to be the best response (default 42)")
+    sp.add_argument("--json", action="store_true", help="print the table as JSON")
+    sp.set_defaults(func=_cmd_compare)
 
     sp = sub.add_parser("config", help="config utilities")
     csub = sp.add_subparsers(dest="config_command", metavar="SUBCOMMAND")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import sys
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from abm.modules.immune.config import ChemokineFieldConfig, IfngFieldConfig, ImmuneConfig
 from abm.modules.stroma.config import Cxcl12FieldConfig, TgfbFieldConfig, VegfFieldConfig
+from abm.modules.therapy.config import DrugConfig, EffectsConfig, PatientConfig, check_therapy_names
 from abm.modules.tumour.config import InitialTumourConfig, TumourConfig
 from abm.modules.vasculature.config import OxygenConfig, VesselsConfig
 from abm.schema import Positive, Section
@@ -166,6 +168,19 @@ class Config(Section):
     immune: ImmuneConfig = Field(default_factory=ImmuneConfig)
     resistance: ResistanceConfig = Field(default_factory=ResistanceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    patient: PatientConfig = Field(default_factory=PatientConfig)
+    therapy: dict[str, DrugConfig] = Field(
+        default_factory=dict,
+        description="Therapies as named tables [therapy.<name>] (docs/THERAPIES.md); the name labels the drug's "
+        "field, readouts and state.",
+    )
+    effects: EffectsConfig = Field(default_factory=EffectsConfig)
+
+    @field_validator("therapy")
+    @classmethod
+    def _therapy_names(cls, v: dict) -> dict:
+        check_therapy_names(v)
+        return v
 
     @field_validator("name")
     @classmethod
@@ -214,16 +229,37 @@ class Config(Section):
         return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
 
 
+def _section_class(annotation) -> Any:
+    """The config-section class an annotation holds, looking through ``X | None`` and unions."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid key names of the section at ``loc`` (used to suggest the nearest name for an unknown key)."""
+    """Valid key names of the section at ``loc`` (used to suggest the nearest name for an unknown key).
+
+    Walks nested sections, named tables (``dict[str, Section]``: the name is skipped) and unions.
+    """
     cls: Any = model
-    for part in loc[:-1]:
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if cls is None or part not in cls.model_fields:
             return []
-        cls = cls.model_fields[part].annotation
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return list(cls.model_fields)
-    return []
+        annotation = cls.model_fields[part].annotation
+        if typing.get_origin(annotation) is dict and parts:
+            parts.pop(0)  # the table's name
+            annotation = typing.get_args(annotation)[1]
+        elif typing.get_origin(annotation) is list and parts and isinstance(parts[0], int):
+            parts.pop(0)  # the list index
+            annotation = typing.get_args(annotation)[0]
+        cls = _section_class(annotation)
+    return list(cls.model_fields) if cls is not None else []
 
 
 def _format_errors(exc: ValidationError) -> list[str]:

@@ -1,7 +1,8 @@
 """The tme-abm model: the engine with the modules a config switches on.
 
 :class:`Simulation` is :class:`abm.engine.Simulation` assembled from a :class:`abm.config.Config`: the tumour and
-vasculature modules always, the stroma and immune modules with ``immune.enabled``. Rules run in the registry
+vasculature modules always, the stroma and immune modules with ``immune.enabled``, the therapy module when the
+config has a ``[therapy.<name>]`` table. Rules run in the registry
 order :data:`MODULE_ORDER`, then each module's canonical rule order.
 """
 
@@ -10,21 +11,24 @@ from __future__ import annotations
 from abm.engine import Simulation as _EngineSimulation
 from abm.modules.immune.module import PHENOTYPE_CODES, ImmuneModule
 from abm.modules.stroma.module import StromaModule
+from abm.modules.therapy.module import TherapyModule
 from abm.modules.tumour.module import TumourModule
 from abm.modules.vasculature.module import VasculatureModule
 
 __all__ = ["MODULE_ORDER", "PHENOTYPE_CODES", "Simulation", "build_modules"]
 
 #: Registry order of the modules: within a phase their rules run in this order.
-MODULE_ORDER = ("tumour", "stroma", "immune", "vasculature")
+MODULE_ORDER = ("tumour", "stroma", "immune", "vasculature", "therapy")
 
 _MODULES = {"tumour": TumourModule, "stroma": StromaModule, "immune": ImmuneModule,
-            "vasculature": VasculatureModule}
+            "vasculature": VasculatureModule, "therapy": TherapyModule}
 
 
 def enabled_modules(config) -> list[str]:
     """Names of the modules ``config`` switches on, in registry order."""
     on = {"tumour", "vasculature"} | ({"stroma", "immune"} if config.immune.enabled else set())
+    if config.therapy:
+        on.add("therapy")
     return [name for name in MODULE_ORDER if name in on]
 
 

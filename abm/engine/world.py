@@ -73,6 +73,7 @@ class World:
         self.capacity: dict[str, int] = {}  # capacity layer -> places per voxel
         self.death_codes: dict[str, dict[str, int]] = {}
         self.indices: dict = {}  # derived index arrays published by their owner (e.g. "vessel_voxels")
+        self.systemic: dict[str, float] = {}  # 0-d signals of the systemic phase (e.g. plasma occupancy), host floats
         self._factors: dict = {}
         self._codes: dict[str, int] = {}
         self.tissue = xp.zeros(self.shape, dtype=np.uint8)
@@ -159,6 +160,10 @@ class World:
         if name in self._factors:
             raise ValueError(f"factor '{name}' provided twice")
         self._factors[name] = fn
+
+    def provides(self, name: str) -> bool:
+        """Whether some module provides the factor ``name``."""
+        return name in self._factors
 
     def factor(self, name: str, voxels):
         """The factor ``name`` at ``voxels`` (float64, shape ``(N,)``); 1 where no module provides it."""

@@ -206,16 +206,17 @@ class RunFile:
         return parse_config(self.config_dict(), f"{self.path} (config_toml)")
 
     def therapies(self) -> list[dict]:
-        """The therapies of the run's config (its ``[therapies]`` section), one mapping per therapy.
+        """The therapies of the run's config, one mapping per named table ``[therapy.<name>]``.
 
-        An empty list where the config has none. A section of named tables (``[therapies.nivolumab]``) gives
-        one entry per table with its ``name`` added; a list of tables (``[[therapies]]``) is returned as is.
+        Each mapping holds the table's keys (``kind``, ``preset``, ``schedule``, ...) with its ``name`` added, in
+        the order of the config. Keys of ``[therapy]`` that are not tables are settings of the therapy module,
+        not therapies, and are left out. An empty list where the config has no therapy.
         """
-        section = self.config_dict().get("therapies") or []
-        if isinstance(section, dict):
-            return [{"name": name, **(spec if isinstance(spec, dict) else {"value": spec})}
-                    for name, spec in section.items()]
-        return list(section)
+        section = self.config_dict().get("therapy")
+        if not isinstance(section, dict):
+            return []
+        # The table's own name wins over a ``name`` key inside it: it is the one the config refers to.
+        return [{**spec, "name": name} for name, spec in section.items() if isinstance(spec, dict)]
 
     # ----------------------------------------------------------------------------------------------------------
     # Snapshots

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abm.engine.module import FieldSpec
+from kernels.lattice import box_sum
 
-__all__ = ["hill", "initial_region", "probability", "ramp", "solute_spec"]
+__all__ = ["blocked", "hill", "initial_region", "lesion_regions", "probability", "ramp", "solute_spec"]
 
 
 def hill(x, half_max, n, xp):
@@ -49,3 +50,35 @@ def solute_spec(name: str, section) -> FieldSpec:
     return FieldSpec(name, section.unit, section.diffusivity_um2_per_min, section.decay_per_min, section.initial,
                      section.boundary, section.substeps, ecm_hindered=section.large_molecule, solver=section.solver,
                      tolerance=section.tolerance)
+
+
+def blocked(world, slug: str, voxels):
+    """Occupancy (0..1, float64) of target ``slug`` at ``voxels``, or ``None`` when no drug binds it.
+
+    The one way biological rules read a therapy: each mechanism multiplies its drive by ``1 - occupancy`` (or uses
+    it in its documented law) at one fixed point (docs/THERAPIES.md). ``None`` lets a run without the target skip
+    the work.
+    """
+    layer = world.layers.get(f"occupancy_{slug}")
+    if layer is None:
+        return None
+    return layer.reshape(-1).take(voxels).astype("float64")
+
+
+def lesion_regions(world, margin_um: float):
+    """Masks of tumour core, invasive margin and stroma (bool, lattice shape).
+
+    The lesion is the live plus necrotic tumour voxels. The margin is the band of width ``margin_um`` centred on
+    the lesion edge (Chebyshev distance, via box dilation and erosion); the core is the lesion inside that band
+    (the whole lesion when the band swallows it); the stroma is everything else.
+    """
+    lesion = world.tissue == world.code("tumour")
+    lesion |= world.layers["necrotic"]
+    half = int(round(margin_um / 2 / world.spacing_um))
+    window = (2 * half + 1) ** world.ndim
+    count = box_sum(lesion, half)
+    dilated = count > 0
+    # Erosion: every voxel of the window lies in the lesion (windows clipped at the lattice edge count as out).
+    eroded = count >= window - 0.5
+    core = eroded if bool(eroded.any()) else lesion
+    return core, dilated & ~core, ~dilated

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from abm.modules.common import probability
+from abm.modules.common import blocked, probability
 from kernels.chemotaxis import chemotaxis_weights, pick, sample_choice, sample_uniform
 
 __all__ = ["adjacent_tumour_cell", "counts_near", "motility_factor", "record_recruitment", "record_walk"]
@@ -29,7 +29,11 @@ def motility_factor(world, params, voxels, cxcl12_retention: float = 0.0, cxcl12
     factor = 1.0 - params.ecm.motility_block * ecm
     if cxcl12_retention > 0:
         c = world.fields["cxcl12"].data.reshape(-1)[voxels].astype(np.float64)
-        factor = factor * (1.0 - cxcl12_retention * c / (c + cxcl12_half_max))
+        retention = cxcl12_retention * c / (c + cxcl12_half_max)
+        theta = blocked(world, "cxcr4", voxels)  # CXCR4 antagonists lift the CXCL12 retention
+        if theta is not None:
+            retention = retention * (1.0 - theta)
+        factor = factor * (1.0 - retention)
     return factor
 
 

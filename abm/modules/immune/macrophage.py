@@ -25,7 +25,7 @@ import numpy as np
 
 from abm.engine.agents import Column
 from abm.engine.module import rule
-from abm.modules.common import hill, probability
+from abm.modules.common import blocked, hill, probability
 from abm.modules.immune.common import (
     M0,
     M1,
@@ -69,6 +69,9 @@ def macrophage_recruitment(world, params, rng, intents) -> None:
         return
     c = world.fields["chemokine"].data.reshape(-1)[vessels].astype(np.float64)
     rate = p.recruitment_per_min * c / (c + p.recruitment_chemokine_half_max)
+    theta = blocked(world, "csf1r", vessels)  # CSF-1R blockade: fewer monocytes enter
+    if theta is not None:
+        rate = rate * (1.0 - theta)
     record_recruitment(world, intents, "macrophage", rate, rng, "macrophage_recruited", state=M0, age_min=0.0)
 
 
@@ -95,7 +98,13 @@ def macrophage_polarisation(world, params, rng, intents) -> None:
         low_o2 = 1.0 - hill(o2, p.m2_o2_half_max_mmHg, p.m2_o2_hill, xp)
         m2_rate = m2_rate + (p.m2_max_rate_per_min - p.m2_base_rate_per_min) * low_o2
     tgfb = world.fields["tgfb"].data.reshape(-1)[vox].astype(np.float64)
+    theta = blocked(world, "tgfb", vox)
+    if theta is not None:
+        tgfb = tgfb * (1.0 - theta)
     m2_rate = m2_rate + p.m2_tgfb_rate_per_min * tgfb / (tgfb + p.m2_tgfb_half_max)
+    theta = blocked(world, "csf1r", vox)  # CSF-1R blockade: less M2 polarisation
+    if theta is not None:
+        m2_rate = m2_rate * (1.0 - theta)
     m2_rate = xp.where(state == M2, 0.0, m2_rate)
     p1 = probability(to_m1_rate, world.dt_min, xp)
     p2 = probability(m2_rate, world.dt_min, xp)

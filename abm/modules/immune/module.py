@@ -16,10 +16,10 @@ import numpy as np
 from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, Readout, TableSpec
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import initial_region, solute_spec
+from abm.modules.common import initial_region, lesion_regions, solute_spec
 from abm.modules.immune import macrophage, tcell
 from abm.modules.immune.common import M0, M1, M2
-from kernels.lattice import Stencil, box_sum, cube_offsets, scatter_count
+from kernels.lattice import Stencil, cube_offsets, scatter_count
 
 __all__ = ["PHENOTYPE_CODES", "ImmuneModule"]
 
@@ -81,7 +81,7 @@ class ImmuneModule(BaseModule):
             immune=im, tcell=im.tcell, macrophage=im.macrophage, ecm=im.ecm, phenotype=im.phenotype,
             resistance=config.resistance, capacity=im.immune_capacity, fields=config.fields,
             initial=config.initial.tumour, ring_inner_um=im.caf.stroma_inner_um, ring_width_um=im.caf.stroma_width_um,
-            priming=float(im.priming_initial), ndim=config.ndim, namespaced=namespaced,
+            priming=float(im.priming_initial), ndim=config.ndim, effects=config.effects, namespaced=namespaced,
         )
         return cls(params, [*im.tcell.rules, *im.macrophage.rules])
 
@@ -144,7 +144,9 @@ class ImmuneModule(BaseModule):
         events["antigen_released"] = antigen
         im = self.params.immune
         p = self.params.priming
-        p += im.priming_per_antigen * float(world.backend.to_host(xp.asarray(antigen))) * (1.0 - p)
+        gain = im.priming_per_antigen * (1.0 + self.params.effects.ctla4.priming_boost
+                                         * world.systemic.get("occupancy_ctla4_plasma", 0.0))  # anti-CTLA-4
+        p += gain * float(world.backend.to_host(xp.asarray(antigen))) * (1.0 - p)
         p -= im.priming_decay_per_min * world.dt_min * p
         self.params.priming = float(min(max(p, 0.0), 1.0))
 
@@ -158,23 +160,8 @@ class ImmuneModule(BaseModule):
 
     # ------------------------------------------------------------------------------------------------------
     def regions(self, world):
-        """Masks of tumour core, invasive margin and stroma (bool, lattice shape).
-
-        The lesion is the live plus necrotic tumour voxels. The margin is the band of width
-        ``immune.phenotype.margin_um`` centred on the lesion edge (Chebyshev distance, via box dilation and
-        erosion); the core is the lesion inside that band (the whole lesion when the band swallows it); the
-        stroma is everything else.
-        """
-        lesion = world.tissue == world.code("tumour")
-        lesion |= world.layers["necrotic"]
-        half = int(round(self.params.phenotype.margin_um / 2 / world.spacing_um))
-        window = (2 * half + 1) ** world.ndim
-        count = box_sum(lesion, half)
-        dilated = count > 0
-        # Erosion: every voxel of the window lies in the lesion (windows clipped at the lattice edge count as out).
-        eroded = count >= window - 0.5
-        core = eroded if bool(eroded.any()) else lesion
-        return core, dilated & ~core, ~dilated
+        """Core, margin and stroma masks (see :func:`abm.modules.common.lesion_regions`)."""
+        return lesion_regions(world, self.params.phenotype.margin_um)
 
     def measure(self, world) -> dict:
         """Immune counts, infiltration per region, ECM per region, field maxima (backend scalars)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from abm.engine.agents import Column
 from abm.engine.module import rule
-from abm.modules.common import hill, probability
+from abm.modules.common import blocked, hill, probability
 from abm.modules.immune.common import (
     adjacent_tumour_cell,
     counts_near,
@@ -84,8 +84,13 @@ def tcell_recruitment(world, params, rng, intents) -> None:
                            world.rng(params.stream("treg_recruitment")), "treg_recruited", is_treg=True, **NEW_CELL)
 
 
-def suppression_components(world, params, voxels, target_pdl1, exhaustion) -> dict:
+def suppression_components(world, params, voxels, target_pdl1, exhaustion, target_voxels=None) -> dict:
     """Each suppression term (0..1) acting on T cells at ``voxels``, honouring the resistance switches.
+
+    Therapy read points: PD-1 occupancy at the T cell and PD-L1 occupancy at the target (``target_voxels``) each
+    remove their fraction of the PD-1/PD-L1 term; LAG-3 and TIGIT occupancy remove theirs of the
+    alternative-checkpoint term; TGF-β occupancy (ligand traps and receptor inhibitors) removes its fraction of
+    the TGF-β signal.
 
     Returns
     -------
@@ -96,9 +101,19 @@ def suppression_components(world, params, voxels, target_pdl1, exhaustion) -> di
     p, res = params.tcell, params.resistance
     zero = xp.zeros(voxels.shape[0], dtype=np.float64)
     out = {"pd1": p.pd1_suppression * xp.clip(target_pdl1, 0.0, 1.0)}
+    for slug, where in (("pd1", voxels), ("pdl1", target_voxels)):
+        theta = blocked(world, slug, where) if where is not None else None
+        if theta is not None:
+            out["pd1"] = out["pd1"] * (1.0 - theta)
     out["lag3_tim3"] = p.lag3_tim3_suppression * xp.clip(exhaustion, 0.0, 1.0) if res.exhaustion else zero
+    free_alt = _alt_checkpoint_free(world, voxels)
+    if free_alt is not None and res.exhaustion:
+        out["lag3_tim3"] = out["lag3_tim3"] * free_alt
     if res.stromal_exclusion:
         tgfb = world.fields["tgfb"].data.reshape(-1)[voxels].astype(np.float64)
+        theta = blocked(world, "tgfb", voxels)
+        if theta is not None:
+            tgfb = tgfb * (1.0 - theta)
         out["tgfb"] = p.tgfb_suppression * tgfb / (tgfb + p.tgfb_half_max)
     else:
         out["tgfb"] = zero
@@ -115,6 +130,16 @@ def suppression_components(world, params, voxels, target_pdl1, exhaustion) -> di
     else:
         out["m2"] = out["treg"] = zero
     return out
+
+
+def _alt_checkpoint_free(world, voxels):
+    """Fraction of the alternative checkpoints (LAG-3, TIGIT) left unblocked at ``voxels``, or ``None``."""
+    free = None
+    for slug in ("lag3", "tigit"):
+        theta = blocked(world, slug, voxels)
+        if theta is not None:
+            free = (1.0 - theta) if free is None else free * (1.0 - theta)
+    return free
 
 
 @rule("tcell_kill", "behaviour", writes=("tcell.engaged", "tcell.kills", "tcell.exhaustion", "tcell.lag3_tim3"),
@@ -140,7 +165,7 @@ def tcell_kill(world, params, rng, intents) -> None:
     if res.suppressive_cells and params.macrophage.m2_pdl1 > 0:
         pdl1 = xp.minimum(1.0, pdl1 + params.macrophage.m2_pdl1 * counts_near(world, "m2", world.moore_and_self, here))
     exhaustion = t["exhaustion"][rows].astype(np.float64)
-    parts = suppression_components(world, params, here, pdl1, exhaustion)
+    parts = suppression_components(world, params, here, pdl1, exhaustion, tum["voxel"][target])
     keep = xp.ones(rows.shape[0], dtype=np.float64)
     for s in parts.values():
         keep = keep * (1.0 - s)
@@ -156,7 +181,11 @@ def tcell_kill(world, params, rng, intents) -> None:
     kills[rows[kill]] += 1
     if res.exhaustion:
         ex = t["exhaustion"]
-        ex[rows] += (p.exhaustion_per_engagement * (1.0 + pdl1)).astype(np.float32)
+        gain = p.exhaustion_per_engagement * (1.0 + pdl1)
+        free_alt = _alt_checkpoint_free(world, here)
+        if free_alt is not None:  # LAG-3/TIGIT blockade slows exhaustion
+            gain = gain * (1.0 - params.effects.alt_checkpoint.exhaustion_relief * (1.0 - free_alt))
+        ex[rows] += gain.astype(np.float32)
         t["lag3_tim3"] = xp.minimum(ex, 1.0)
 
 

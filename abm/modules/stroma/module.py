@@ -24,7 +24,7 @@ import numpy as np
 from abm.engine.agents import Column
 from abm.engine.module import Declaration, LayerSpec, Readout, TableSpec, rule
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import initial_region, probability, solute_spec
+from abm.modules.common import blocked, initial_region, probability, solute_spec
 
 __all__ = ["COLUMNS", "StromaModule"]
 
@@ -56,6 +56,9 @@ def caf_activation(world, params, rng, intents) -> None:
         return
     p = params.caf
     tgfb = world.fields["tgfb"].data.reshape(-1)[c["voxel"]].astype(np.float64)
+    theta = blocked(world, "tgfb", c["voxel"])
+    if theta is not None:
+        tgfb = tgfb * (1.0 - theta)
     gain = probability(p.activation_rate_per_min * tgfb / (tgfb + p.activation_tgfb_half_max), world.dt_min, world.xp)
     act = c["activation"].astype(np.float64)
     c["activation"] = act + (1.0 - act) * gain
@@ -78,6 +81,9 @@ def ecm_remodelling(world, params, rng, intents) -> None:
         drive = drive.reshape(flat.shape) * (1.0 / _FIXED_ONE)
         # Every entry naming a voxel (duplicates, and outside entries pointing home) carries the voxel's whole
         # drive, so they all write the same value: the fancy assignment is exact despite the duplicates.
+        theta = blocked(world, "lox", flat.reshape(-1))  # LOX inhibition: less deposition and cross-linking
+        if theta is not None:
+            drive = drive * (1.0 - theta.reshape(flat.shape))
         gain = probability(params.caf.ecm_deposition_per_min * drive, world.dt_min, xp)
         old = ecm.take(flat)
         ecm[flat] = old + ((1.0 - old) * gain).astype(ecm.dtype)

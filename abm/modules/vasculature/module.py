@@ -17,24 +17,44 @@ import numpy as np
 from abm.engine.module import Declaration, FieldSpec, LayerSpec, Readout, rule
 from abm.engine.world import FREE
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import initial_region
+from abm.modules.common import blocked, initial_region, probability
 from kernels.lattice import box_sum
 
 __all__ = ["VasculatureModule"]
 
 
+def supply(world, field: str, rate_per_min: float, level: float) -> None:
+    """Exchange between blood and tissue at every vessel voxel: ``dc/dt = k perfusion (level - c)``, implicit.
+
+    The sink ``k perfusion`` and the source ``k perfusion level`` are written at the vessel voxels only (they are
+    distinct, so ``+=`` is exact). Oxygen uses it with the blood pO2; the therapy module with each drug's plasma
+    concentration.
+
+    Parameters
+    ----------
+    field : str
+        Field name.
+    rate_per_min : float
+        Exchange rate ``k`` of a fully perfused vessel voxel, 1/min.
+    level : float
+        Blood-side concentration, in the field's unit.
+    """
+    target, vessels = world.fields[field], world.indices["vessel_voxels"]
+    if vessels.shape[0] == 0:
+        return
+    rate = world.xp.full(vessels.shape[0], rate_per_min, dtype=world.dtype)
+    inflow = rate * world.dtype.type(level)
+    if world.provides("perfusion"):
+        perfusion = world.factor("perfusion", vessels).astype(world.dtype)
+        rate, inflow = rate * perfusion, inflow * perfusion
+    target.sink.reshape(-1)[vessels] += rate
+    target.source.reshape(-1)[vessels] += inflow
+
+
 @rule("oxygen_supply", "exchange", needs=("field:oxygen",))
 def oxygen_supply(world, params, rng, intents) -> None:
-    """Vessel O2 supply, written at the vessel voxels only (they are distinct, so ``+=`` is exact)."""
-    oxygen, vessels = world.fields["oxygen"], world.indices["vessel_voxels"]
-    ox = params.oxygen
-    supply = world.xp.full(vessels.shape[0], ox.vessel_supply_per_min, dtype=world.dtype)
-    inflow = supply * world.dtype.type(ox.blood_mmHg)
-    if params.perfusion_from_vegf:
-        perfusion = world.factor("perfusion", vessels).astype(world.dtype)
-        supply, inflow = supply * perfusion, inflow * perfusion
-    oxygen.sink.reshape(-1)[vessels] += supply
-    oxygen.source.reshape(-1)[vessels] += inflow
+    """Vessel O2 supply: vessel voxels relax toward blood pO2 at ``vessel_supply_per_min`` x perfusion."""
+    supply(world, "oxygen", params.oxygen.vessel_supply_per_min, params.oxygen.blood_mmHg)
 
 
 @rule("angiogenesis", "behaviour", needs=("field:vegf",))
@@ -54,7 +74,23 @@ def angiogenesis(world, params, rng, intents) -> None:
     intents.note("vessel_sprouts", candidates[sprout])
 
 
-RULES = {r.name: r for r in (oxygen_supply, angiogenesis)}
+@rule("vessel_pruning", "behaviour", needs=("layer:occupancy_vegf",))
+def vessel_pruning(world, params, rng, intents) -> None:
+    """Under sustained high VEGF-pathway blockade vessel voxels regress (the far side of the normalisation window).
+
+    Rate ``r max(0, θ - θ_prune) / (1 - θ_prune)`` per vessel voxel, ``θ`` the VEGF occupancy at the voxel.
+    """
+    vessels = world.indices["vessel_voxels"]
+    e = params.effects.vegf
+    if vessels.shape[0] == 0 or e.prune_per_day == 0 or e.prune_threshold >= 1:
+        return
+    theta = blocked(world, "vegf", vessels)
+    excess = world.xp.clip((theta - e.prune_threshold) / (1.0 - e.prune_threshold), 0.0, 1.0)
+    prune = rng.random(vessels.shape[0]) < probability(e.prune_per_day / 1440.0 * excess, world.dt_min, world.xp)
+    intents.set_layer("vessels", vessels[prune], False)
+
+
+RULES = {r.name: r for r in (oxygen_supply, angiogenesis, vessel_pruning)}
 
 
 class VasculatureModule(BaseModule):
@@ -69,10 +105,11 @@ class VasculatureModule(BaseModule):
         params = Params(
             vessels=config.vessels, oxygen=config.fields.oxygen, initial=config.initial.tumour,
             abnormal_vasculature=config.resistance.abnormal_vasculature,
-            vegf_half_max=config.immune.vessel_abnormality_vegf_half_max, namespaced=namespaced,
+            vegf_half_max=config.immune.vessel_abnormality_vegf_half_max, effects=config.effects,
+            namespaced=namespaced,
         )
         params.perfusion_from_vegf = False  # set in attach(), once the fields are known
-        rules = ["oxygen_supply"] + (["angiogenesis"] if config.vessels.angiogenesis else [])
+        rules = ["oxygen_supply", "vessel_pruning"] + (["angiogenesis"] if config.vessels.angiogenesis else [])
         return cls(params, rules)
 
     def declare(self) -> Declaration:
@@ -84,7 +121,8 @@ class VasculatureModule(BaseModule):
             layers=[LayerSpec("vessels", "flag", "bool", False, tissue_mark=True)],
             rules=self.rules(RULES),
             readouts=[Readout("vessel_voxels", "voxels", "count", "vessel voxels"),
-                      Readout("vessels_sprouted", "voxels", "event", "vessel voxels added by angiogenesis")],
+                      Readout("vessels_sprouted", "voxels", "event", "vessel voxels added by angiogenesis"),
+                      Readout("vessels_pruned", "voxels", "event", "vessel voxels lost to sustained VEGF blockade")],
         )
 
     def seed(self, world, rng) -> None:
@@ -106,11 +144,14 @@ class VasculatureModule(BaseModule):
         self._index(world)
         p = self.params
         p.perfusion_from_vegf = bool(p.abnormal_vasculature and "vegf" in world.fields)
-        if p.perfusion_from_vegf and "perfusion" not in world._factors:
+        if p.perfusion_from_vegf and not world.provides("perfusion"):
             vegf_field, half_max = world.fields["vegf"], p.vegf_half_max
 
             def perfusion(voxels):
                 vegf = vegf_field.data.reshape(-1)[voxels].astype(np.float64)
+                theta = blocked(world, "vegf", voxels)  # VEGF-pathway blockade normalises the vessels
+                if theta is not None:
+                    vegf = vegf * (1.0 - theta)
                 return 1.0 / (1.0 + vegf / half_max)
 
             world.provide("perfusion", perfusion)
@@ -119,9 +160,13 @@ class VasculatureModule(BaseModule):
         world.indices["vessel_voxels"] = world.xp.nonzero(world.layers["vessels"].reshape(-1))[0].astype(np.int64)
 
     def commit(self, world, record, intents, events: dict) -> None:
-        """Turn the sprouts into vessels, except where a tissue agent was placed this step."""
+        """Turn the sprouts into vessels, except where a tissue agent was placed this step; re-index after pruning."""
         xp = world.xp
         events["vessels_sprouted"] = xp.zeros((), dtype=np.int64)
+        pruned = [v for layer, v, _ in intents.layer_sets if layer == "vessels"]
+        events["vessels_pruned"] = xp.asarray(sum(int(v.shape[0]) for v in pruned), dtype=np.int64)
+        if pruned:
+            self._index(world)
         sprouts = intents.notes.get("vessel_sprouts")
         if not sprouts:
             return

@@ -1,0 +1,257 @@
+"""Config of the therapy module: named drug tables ``[therapy.<name>]``, ``[patient]`` and ``[effects]``.
+
+A therapy is a named table discriminated by ``kind``. It may name a ``preset`` from the drug library
+(``abm/modules/therapy/library.toml``, a source for every value) and override any of it; the preset is merged
+in when the config is validated, so the resolved config a run writes holds every value it used. Names label the
+drug's field, its readouts and its state (``fields/<name>``, ``plasma_<name>_mg_per_L``, ``state/therapy/<name>``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from abm.modules.therapy.library import class_defaults, library_entry, library_names
+from abm.schema import Fraction, NonNegative, Positive, Section
+
+__all__ = [
+    "TARGETS",
+    "DrugConfig",
+    "EffectsConfig",
+    "PatientConfig",
+    "ScheduleConfig",
+    "target_slug",
+]
+
+#: The targets a drug can bind, and the slug that names their occupancy lattice (``occupancy_<slug>``).
+TARGETS = {"PD-1": "pd1", "PD-L1": "pdl1", "CTLA-4": "ctla4", "LAG-3": "lag3", "TIGIT": "tigit", "VEGF": "vegf",
+           "TGF-β": "tgfb", "CSF-1R": "csf1r", "CXCR4": "cxcr4", "FAP": "fap", "LOX": "lox"}
+TargetName = Literal["PD-1", "PD-L1", "CTLA-4", "LAG-3", "TIGIT", "VEGF", "TGF-β", "CSF-1R", "CXCR4", "FAP", "LOX"]
+
+
+def target_slug(target: str) -> str:
+    """The lattice-name slug of ``target`` (``"PD-1"`` -> ``"pd1"``)."""
+    return TARGETS[target]
+
+
+class ScheduleConfig(Section):
+    """When and how much: a regular course (start, interval, number) or explicit times."""
+
+    start_day: NonNegative = Field(default=0.0, description="Day of the first dose (days from t = 0).")
+    every_day: Positive | None = Field(default=None, description="Days between doses; needed when doses > 1.")
+    doses: Annotated[int, Field(ge=1)] = Field(default=1, description="Number of doses (doses).")
+    times_day: list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None, description="Explicit dose times (days); replaces start_day, every_day and doses."
+    )
+    dose_mg_per_kg: Positive | None = Field(default=None, description="Dose per body weight, mg/kg.")
+    dose_mg: Positive | None = Field(default=None, description="Flat dose, mg (instead of dose_mg_per_kg).")
+    infusion_min: NonNegative = Field(
+        default=0.0, description="Infusion duration, min (0: bolus). Intravenous labels: typically 30-60 min."
+    )
+
+    @field_validator("doses", mode="before")
+    @classmethod
+    def _at_least_one(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"a schedule needs at least one dose, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScheduleConfig:
+        if (self.dose_mg_per_kg is None) == (self.dose_mg is None):
+            raise ValueError("give exactly one of dose_mg_per_kg and dose_mg")
+        if self.times_day is None and self.doses > 1 and self.every_day is None:
+            raise ValueError(f"{self.doses} doses need every_day (days between doses)")
+        if self.times_day is not None and not self.times_day:
+            raise ValueError("times_day is empty: a schedule needs at least one dose")
+        return self
+
+    def dose_times_min(self) -> list[float]:
+        """Start time of every dose (min), sorted."""
+        days = self.times_day if self.times_day is not None else [
+            self.start_day + k * (self.every_day or 0.0) for k in range(self.doses)]
+        return sorted(float(d) * 1440.0 for d in days)
+
+
+class PKConfig(Section):
+    """Systemic pharmacokinetics (population values for ``reference_weight_kg``)."""
+
+    model: Literal["one_compartment", "two_compartment"] = Field(
+        default="two_compartment", description="Compartment model; both are advanced with their exact propagator."
+    )
+    reference_weight_kg: Positive = Field(default=70.0, description="Body weight the PK values refer to, kg.")
+    clearance_L_per_day: Positive = Field(description="Elimination clearance CL, L/day.")
+    central_volume_L: Positive = Field(description="Central volume V1, L.")
+    peripheral_volume_L: Positive | None = Field(default=None, description="Peripheral volume V2, L.")
+    intercompartmental_clearance_L_per_day: Positive | None = Field(
+        default=None, description="Distribution clearance Q, L/day."
+    )
+    absorption_per_day: NonNegative = Field(
+        default=0.0, description="First-order absorption rate ka from a depot, 1/day (oral, subcutaneous); 0: iv."
+    )
+    bioavailability: Fraction = Field(default=1.0, description="Fraction of an oral dose absorbed (dimensionless).")
+    terminal_half_life_day: Positive | None = Field(
+        default=None, description="Reported terminal half-life, days (a record; the model's follows from CL, V, Q)."
+    )
+
+    @model_validator(mode="after")
+    def _two_compartment_complete(self) -> PKConfig:
+        if self.model == "two_compartment" and (self.peripheral_volume_L is None
+                                                or self.intercompartmental_clearance_L_per_day is None):
+            raise ValueError("two_compartment needs peripheral_volume_L and intercompartmental_clearance_L_per_day")
+        return self
+
+
+class TargetConfig(Section):
+    """A target the drug binds."""
+
+    target: TargetName = Field(description=f"Target, one of {', '.join(TARGETS)}.")
+    kd_nM: Positive = Field(description="Equilibrium dissociation constant, nM.")
+
+
+class TissueConfig(Section):
+    """Transport in tissue (class defaults from the library's ``defaults`` tables)."""
+
+    free_diffusivity_um2_per_min: Positive = Field(description="Free diffusion coefficient in tissue, µm²/min.")
+    vascular_permeability_um_per_min: Positive = Field(description="Capillary wall permeability, µm/min.")
+    tissue_clearance_half_life_min: Positive = Field(
+        description="Local clearance half-life in tissue (lymphatic drainage, uptake and catabolism), min."
+    )
+    ecm_hindered: bool = Field(description="ECM lowers the diffusivity (large molecules).")
+    vessel_surface_per_volume_per_um: Positive = Field(
+        default=0.0785,
+        description="Capillary surface per vessel-voxel volume, 1/µm: 2π r dx / dx³ for a 5 µm capillary in a 20 µm "
+        "voxel. Model choice (geometry).",
+    )
+
+
+class DrugConfig(Section):
+    """A drug: antibody, fusion protein or small molecule, from a library preset and overrides."""
+
+    kind: Literal["antibody", "fusion_protein", "small_molecule"] = Field(description="Drug class.")
+    preset: str | None = Field(default=None, description="Library entry whose values this drug starts from.")
+    description: str = Field(default="", description="What the drug is.")
+    route: Literal["iv", "oral", "sc"] = Field(default="iv", description="Route of administration.")
+    molecular_weight_kda: Positive = Field(description="Molecular weight, kDa (converts mg/L to nM).")
+    fraction_unbound: Fraction = Field(
+        default=1.0, description="Unbound fraction in plasma (small molecules; dimensionless)."
+    )
+    targets: list[TargetConfig] = Field(min_length=1, description="Targets with Kd; two entries: a bispecific.")
+    schedule: ScheduleConfig = Field(description="The regimen.")
+    pk: PKConfig = Field(description="Systemic PK.")
+    tissue: TissueConfig = Field(description="Tissue transport.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_preset(cls, data):
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset")
+        kind = data.get("kind")
+        base: dict = {}
+        if preset is not None:
+            names = library_names()
+            if preset not in names:
+                near = difflib.get_close_matches(str(preset), names, n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else ""
+                raise ValueError(f"unknown preset '{preset}'{hint} (library: {', '.join(names)})")
+            base = library_entry(preset)
+            kind = kind or base.get("kind")
+            typical = base.pop("typical_dose", {})
+            schedule = dict(data.get("schedule") or {})
+            if "dose_mg_per_kg" not in schedule and "dose_mg" not in schedule:
+                schedule.update({k: v for k, v in typical.items() if k in ("dose_mg_per_kg", "dose_mg")})
+            if "every_day" not in schedule and "times_day" not in schedule and "every_day" in typical:
+                schedule["every_day"] = typical["every_day"]
+            if "infusion_min" not in schedule and "infusion_min" in base:
+                schedule["infusion_min"] = base["infusion_min"]
+            data = {**data, "schedule": schedule}
+            base.pop("infusion_min", None)
+            base.pop("sources", None)
+            base.get("pk", {}).pop("sources", None)
+        if kind in ("antibody", "fusion_protein", "small_molecule"):
+            tissue = class_defaults("antibody" if kind == "fusion_protein" else kind)
+            base = {**base, "tissue": {**tissue, **base.get("tissue", {})}}
+        merged = dict(base)
+        for key, value in data.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        if kind is not None:
+            merged["kind"] = kind
+        return merged
+
+
+class PatientConfig(Section):
+    """The virtual patient."""
+
+    body_weight_kg: Positive = Field(
+        default=70.0, description="Body weight, kg: scales mg/kg doses. Model choice: the conventional reference "
+        "adult (ICRP reference man 70 kg)."
+    )
+
+
+class CTLA4Effects(Section):
+    """Anti-CTLA-4 in the lymph node (plasma occupancy) and on intratumoral Tregs (tissue occupancy)."""
+
+    priming_boost: NonNegative = Field(
+        default=1.0, description="Priming gain is multiplied by 1 + boost x plasma occupancy (dimensionless). Model "
+        "choice: blockade of CTLA-4 on naive T cells roughly doubles priming at saturation."
+    )
+    treg_depletion_per_day: NonNegative = Field(
+        default=0.5, description="Fc-mediated Treg depletion rate at full occupancy, 1/day (Simpson 2013 J Exp Med: "
+        "intratumoral Tregs fall within days). Model choice for the rate."
+    )
+
+
+class AltCheckpointEffects(Section):
+    """LAG-3 and TIGIT blockade."""
+
+    exhaustion_relief: Fraction = Field(
+        default=0.5, description="Exhaustion gain is multiplied by 1 - relief x occupancy (dimensionless). Model "
+        "choice."
+    )
+
+
+class VEGFEffects(Section):
+    """VEGF-pathway blockade: normalisation at moderate, pruning at sustained high occupancy."""
+
+    prune_threshold: Fraction = Field(
+        default=0.9, description="Occupancy above which vessels are pruned (dimensionless). Model choice: Jain 2005 "
+        "Science normalisation window (moderate blockade normalises, high sustained blockade prunes)."
+    )
+    prune_per_day: NonNegative = Field(
+        default=0.2, description="Pruning rate of a vessel voxel at full occupancy, 1/day. Model choice: Tong 2004 "
+        "Cancer Res and Winkler 2004 Cancer Cell saw vessel density fall over about a week of high-dose anti-VEGFR2."
+    )
+
+
+class FAPEffects(Section):
+    """FAP-targeted CAF depletion."""
+
+    caf_depletion_per_day: NonNegative = Field(
+        default=0.5, description="CAF death rate at full FAP occupancy, 1/day. Model choice."
+    )
+
+
+class EffectsConfig(Section):
+    """Parameters of the target laws (docs/THERAPIES.md); every target's read point is fixed in the code."""
+
+    ctla4: CTLA4Effects = Field(default_factory=CTLA4Effects)
+    alt_checkpoint: AltCheckpointEffects = Field(default_factory=AltCheckpointEffects)
+    vegf: VEGFEffects = Field(default_factory=VEGFEffects)
+    fap: FAPEffects = Field(default_factory=FAPEffects)
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def check_therapy_names(names) -> None:
+    """Therapy names label fields and metrics: lowercase letters, digits and underscores, starting with a letter."""
+    for name in names:
+        if not _NAME.match(name):
+            raise ValueError(f"therapy name '{name}' must be lowercase letters, digits and '_', starting with a letter")

@@ -1,0 +1,253 @@
+"""The therapy module: drugs from config, their PK, delivery through vessels and ECM, and target occupancy.
+
+Per drug ``<name>`` (a table ``[therapy.<name>]``):
+
+- **PK** (systemic phase): a one- or two-compartment model (optionally with an absorption depot) advanced with its
+  exact propagator (:mod:`kernels.pk`), the step split at every dose and infusion boundary; doses in mg/kg
+  times ``patient.body_weight_kg`` or flat mg. Plasma level ``C_p = central amount / V1`` (mg/L), in nM
+  ``C_p 1e3 / MW[kDa]``.
+- **Delivery** (exchange phase): the drug field ``<name>`` (nM) exchanges with plasma at every vessel voxel,
+  ``dc/dt = P (S/V) perfusion (f_u C_p - c)``, through the vasculature's implicit ``supply`` (the mechanism
+  oxygen uses); it diffuses with the drug's own ``D`` (lowered by ECM for large molecules) and is cleared
+  locally at ``ln 2 / t½``. Lattice faces are no-flux: drug enters through vessels only.
+- **Occupancy** (signal phase): one lattice per target bound by any drug, competitive,
+  ``θ = Σ(Cᵢ/Kdᵢ) / (1 + Σ Cᵢ/Kdᵢ)`` (a bispecific enters two sums), written as the layer
+  ``occupancy_<slug>``; CTLA-4 also gets the plasma occupancy (lymph node), ``world.systemic``.
+- **Cell effects** (behaviour phase): anti-CTLA-4 depletes Tregs (Fc-mediated) at a rate rising with occupancy;
+  FAP-targeting kills CAFs. Every other target acts where its mechanism lives, through
+  :func:`abm.modules.common.blocked` (docs/THERAPIES.md lists the read points).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from abm.config import ConfigError
+from abm.engine.module import DeathCause, Declaration, FieldSpec, LayerSpec, Readout, rule
+from abm.modules.base import BaseModule, Params
+from abm.modules.common import lesion_regions, probability
+from abm.modules.therapy.config import target_slug
+from abm.modules.vasculature.module import supply
+from kernels.pk import compartment_model, propagate
+
+__all__ = ["TherapyModule", "dose_events"]
+
+_NOFLUX = SimpleNamespace(default="noflux", value=0.0, faces={})
+
+
+def dose_events(drug, body_weight_kg: float) -> list[tuple[float, float, float]]:
+    """``(start_min, mg, duration_min)`` of every dose of ``drug`` (a resolved ``DrugConfig``), sorted."""
+    sch = drug.schedule
+    mg = sch.dose_mg if sch.dose_mg is not None else sch.dose_mg_per_kg * body_weight_kg
+    return [(t, mg, sch.infusion_min) for t in sch.dose_times_min()]
+
+
+class _Drug:
+    """Host-side PK state of one drug."""
+
+    def __init__(self, name, cfg, body_weight_kg):
+        self.name, self.cfg = name, cfg
+        pk = cfg.pk
+        self.model = compartment_model(pk.model, pk.clearance_L_per_day, pk.central_volume_L, pk.peripheral_volume_L,
+                                       pk.intercompartmental_clearance_L_per_day, pk.absorption_per_day)
+        self.doses = dose_events(cfg, body_weight_kg)
+        self.bioavailability = pk.bioavailability if self.model.dosing != self.model.central else 1.0
+        self.amounts = np.zeros(self.model.size)
+        self.doses_given = 0
+        self.nM_per_mg_per_L = 1e3 / cfg.molecular_weight_kda
+
+    @property
+    def plasma_mg_per_L(self) -> float:
+        return float(self.amounts[self.model.central] / self.model.central_volume_L)
+
+    @property
+    def plasma_nM(self) -> float:
+        return self.plasma_mg_per_L * self.nM_per_mg_per_L
+
+    def advance(self, t0: float, t1: float) -> int:
+        """Advance the compartments from ``t0`` to ``t1`` (min) exactly; return the doses started in between."""
+        starts = [(s, mg, d) for s, mg, d in self.doses if t0 <= s < t1]
+        cuts = {t0, t1}
+        for s, _, d in self.doses:
+            for edge in (s, s + d):
+                if t0 < edge < t1:
+                    cuts.add(edge)
+        points = sorted(cuts)
+        for a, b in zip(points[:-1], points[1:]):
+            for s, mg, d in starts:
+                if s == a and d == 0:
+                    self.amounts[self.model.dosing] += mg * self.bioavailability
+            rate = sum(mg / d * 1440.0 * self.bioavailability for s, mg, d in self.doses if d > 0 and s <= a < s + d)
+            self.amounts = propagate(self.model, self.amounts, (b - a) / 1440.0, rate)
+        self.doses_given += len(starts)
+        return len(starts)
+
+
+@rule("pharmacokinetics", "systemic")
+def pharmacokinetics(world, params, rng, intents) -> None:
+    """Advance every drug's compartments over the step (doses and infusions on their exact times)."""
+    t0 = world.time_min
+    for d in params.drugs.values():
+        params.doses_this_step[d.name] = d.advance(t0, t0 + world.dt_min)
+    for slug, binders in params.plasma_binders.items():
+        s = sum(d.plasma_nM * d.cfg.fraction_unbound / kd for d, kd in binders)
+        world.systemic[f"occupancy_{slug}_plasma"] = s / (1.0 + s)
+
+
+@rule("delivery", "exchange")
+def delivery(world, params, rng, intents) -> None:
+    """Drug exchange between plasma and tissue at vessel voxels (permeability x surface x perfusion)."""
+    for d in params.drugs.values():
+        t = d.cfg.tissue
+        supply(world, d.name, t.vascular_permeability_um_per_min * t.vessel_surface_per_volume_per_um,
+               d.plasma_nM * d.cfg.fraction_unbound)
+
+
+@rule("occupancy", "signal")
+def occupancy(world, params, rng, intents) -> None:
+    """Competitive occupancy of every bound target: θ = Σ(C/Kd) / (1 + Σ C/Kd), one lattice per target."""
+    xp = world.xp
+    for slug, binders in params.tissue_binders.items():
+        s = xp.zeros(world.shape, dtype=world.dtype)
+        for name, kd in binders:
+            s += world.fields[name].data * world.dtype.type(1.0 / kd)
+        layer = world.layers[f"occupancy_{slug}"]
+        xp.divide(s, s + world.dtype.type(1.0), out=layer)
+
+
+@rule("treg_depletion", "behaviour", needs=("table:tcell", "layer:occupancy_ctla4"))
+def treg_depletion(world, params, rng, intents) -> None:
+    """Anti-CTLA-4 depletes intratumoral Tregs (Fc-mediated) at ``r θ`` (θ: CTLA-4 occupancy at the Treg)."""
+    t = world.tables["tcell"]
+    rows = world.xp.nonzero(t["is_treg"])[0]
+    if rows.shape[0] == 0:
+        return
+    theta = world.layers["occupancy_ctla4"].reshape(-1).take(t["voxel"][rows]).astype(np.float64)
+    rate = params.effects.ctla4.treg_depletion_per_day / 1440.0 * theta
+    die = rng.random(rows.shape[0]) < probability(rate, world.dt_min, world.xp)
+    intents.kill("tcell", rows[die], "depleted")
+
+
+@rule("caf_depletion", "behaviour", needs=("table:caf", "layer:occupancy_fap"))
+def caf_depletion(world, params, rng, intents) -> None:
+    """FAP-targeting kills CAFs at ``r θ`` (θ: FAP occupancy at the CAF)."""
+    c = world.tables["caf"]
+    if len(c) == 0:
+        return
+    theta = world.layers["occupancy_fap"].reshape(-1).take(c["voxel"]).astype(np.float64)
+    rate = params.effects.fap.caf_depletion_per_day / 1440.0 * theta
+    die = rng.random(len(c)) < probability(rate, world.dt_min, world.xp)
+    intents.kill("caf", die, "depleted")
+
+
+RULES = {r.name: r for r in (pharmacokinetics, delivery, occupancy, treg_depletion, caf_depletion)}
+
+
+class TherapyModule(BaseModule):
+    """Every ``[therapy.<name>]`` of the config."""
+
+    name = "therapy"
+    seed_order = 4
+
+    @classmethod
+    def from_config(cls, config, namespaced: bool = True) -> TherapyModule:
+        """The module with the sections of ``config`` it reads."""
+        drugs = {name: _Drug(name, d, config.patient.body_weight_kg) for name, d in config.therapy.items()}
+        tissue_binders: dict[str, list] = {}
+        plasma_binders: dict[str, list] = {}
+        for name, d in drugs.items():
+            for tg in d.cfg.targets:
+                slug = target_slug(tg.target)
+                tissue_binders.setdefault(slug, []).append((name, tg.kd_nM))
+                if slug == "ctla4":  # CTLA-4 acts in the lymph node: plasma occupancy too
+                    plasma_binders.setdefault(slug, []).append((d, tg.kd_nM))
+        params = Params(drugs=drugs, tissue_binders=tissue_binders, plasma_binders=plasma_binders,
+                        effects=config.effects, margin_um=config.immune.phenotype.margin_um,
+                        doses_this_step={n: 0 for n in drugs}, configs=config.therapy, namespaced=namespaced)
+        return cls(params, list(RULES))
+
+    def declare(self) -> Declaration:
+        """One field per drug, one occupancy layer per bound target, Treg and CAF depletion, readouts."""
+        p = self.params
+        fields = []
+        for name, d in p.drugs.items():
+            t = d.cfg.tissue
+            fields.append(FieldSpec(name, "nM", t.free_diffusivity_um2_per_min,
+                                    math.log(2.0) / t.tissue_clearance_half_life_min, 0.0, _NOFLUX,
+                                    ecm_hindered=t.ecm_hindered))
+        readouts = []
+        for name in p.drugs:
+            readouts += [Readout(f"plasma_{name}_mg_per_L", "mg/L", "level", f"plasma concentration of {name}"),
+                         Readout(f"tumour_{name}_nM", "nM", "level", f"mean {name} over tumour cells"),
+                         Readout(f"doses_{name}", "doses", "event", f"doses of {name} started in the step")]
+        for slug in p.tissue_binders:
+            readouts += [Readout(f"occupancy_{slug}_{region}", "-", "ratio", f"mean {slug} occupancy in the {region}")
+                         for region in ("core", "margin", "stroma")]
+        for slug in p.plasma_binders:
+            readouts.append(Readout(f"occupancy_{slug}_plasma", "-", "ratio", f"{slug} occupancy in plasma"))
+        return Declaration(
+            fields=fields,
+            layers=[LayerSpec(f"occupancy_{slug}", "-", "float", 0.0, as_field=True) for slug in p.tissue_binders],
+            death_causes=[DeathCause("tcell", "depleted", 3, "treg_depleted"),
+                          DeathCause("caf", "depleted", 1, "caf_depleted")],
+            rules=[pharmacokinetics, delivery,
+                   dataclasses.replace(occupancy, writes=tuple(f"layer:occupancy_{s}" for s in p.tissue_binders)),
+                   treg_depletion, caf_depletion],
+            readouts=readouts + [Readout("treg_depleted", "cells", "event", "Tregs depleted by anti-CTLA-4"),
+                                 Readout("caf_depleted", "cells", "event", "CAFs killed by FAP-targeting")],
+        )
+
+    def seed(self, world, rng) -> None:
+        """Nothing in tissue at the start; doses follow their schedules."""
+
+    def commit(self, world, record, intents, events: dict) -> None:
+        """Doses of the step as events."""
+        for name, n in self.params.doses_this_step.items():
+            events[f"doses_{name}"] = world.xp.asarray(float(n))
+
+    def measure(self, world) -> dict:
+        """Tumour-mean drug levels and regional occupancy (backend scalars); plasma levels are host floats."""
+        xp = world.xp
+        out = {}
+        vox = world.tables["tumour"]["voxel"]
+        n = max(int(vox.shape[0]), 1)
+        for name, d in self.params.drugs.items():
+            out[f"plasma_{name}_mg_per_L"] = xp.asarray(d.plasma_mg_per_L)
+            out[f"tumour_{name}_nM"] = world.fields[name].data.reshape(-1).take(vox).astype(np.float64).sum() / n
+        if self.params.tissue_binders:
+            regions = lesion_regions(world, self.params.margin_um)
+            for slug in self.params.tissue_binders:
+                layer = world.layers[f"occupancy_{slug}"]
+                for region, mask in zip(("core", "margin", "stroma"), regions):
+                    count = xp.count_nonzero(mask)
+                    out[f"occupancy_{slug}_{region}"] = layer[mask].astype(np.float64).sum() / xp.maximum(count, 1)
+        for slug in self.params.plasma_binders:
+            out[f"occupancy_{slug}_plasma"] = xp.asarray(world.systemic.get(f"occupancy_{slug}_plasma", 0.0))
+        return out
+
+    def state(self, world) -> dict:
+        """Per drug: compartment amounts (mg), doses given, and the start times of the doses still to come."""
+        out = {}
+        for name, d in self.params.drugs.items():
+            pending = [s for s, _, _ in d.doses if s >= world.time_min]
+            out[name] = {"amounts_mg": d.amounts.copy(), "compartments": ",".join(d.model.names),
+                         "doses_given": d.doses_given, "pending_dose_times_min": np.asarray(pending, np.float64)}
+        return out
+
+    def load_state(self, world, state: dict | None) -> None:
+        """Restore the compartments; a drug new at a branch starts empty and may not have doses before it."""
+        for name, d in self.params.drugs.items():
+            own = (state or {}).get(name)
+            if own is not None:
+                d.amounts = np.asarray(own["amounts_mg"], dtype=np.float64).copy()
+                d.doses_given = int(own["doses_given"])
+                continue
+            past = [s for s, _, _ in d.doses if s < world.time_min]
+            if past:
+                raise ConfigError([f"therapy.{name}.schedule: a dose at day {past[0] / 1440:g} lies before the "
+                                   f"branch at day {world.time_min / 1440:g}; a therapy added at a branch starts at "
+                                   "or after it"])
