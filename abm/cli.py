@@ -116,6 +116,23 @@ def _check_nesting(overrides: list[str]) -> None:
                         f"other beyond Python's recursion limit, {sys.getrecursionlimit()})") from None
 
 
+def _time_min(text: str) -> float:
+    """A time in minutes from ``'4320'``, ``'4320min'``, ``'72h'`` or ``'3d'``."""
+    units = {"d": 1440.0, "h": 60.0, "min": 1.0, "m": 1.0}
+    text = text.strip()
+    for suffix in ("min", "d", "h", "m"):
+        if text.endswith(suffix):
+            number, scale = text[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        return float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a time: give minutes or a number with d, h or min "
+                                         "(e.g. 7d)") from None
+
+
 def _cmd_replay(args) -> int:
     from abm.replay import replay_run
 
@@ -124,7 +141,7 @@ def _cmd_replay(args) -> int:
         overrides.append(f"backend={json.dumps(args.backend)}")
     _check_nesting(overrides)
     result = replay_run(args.file, args.from_min, until_min=args.until, overrides=overrides, out_dir=args.out,
-                        overwrite=args.overwrite, progress=not args.quiet)
+                        overwrite=args.overwrite, progress=not args.quiet, therapy_file=args.therapy_file)
     _print_summary(result)
     print(f"replayed from {args.file} at the snapshot at or before t = {args.from_min:g} min")
     return 0
@@ -237,9 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("replay", help="restart a run from a snapshot, optionally with changed parameters")
     sp.add_argument("file", help="parent run file (sim.h5); never modified")
-    sp.add_argument("--from", dest="from_min", type=float, required=True, metavar="T",
-                    help="restart time (min): the snapshot at or just before T is used")
-    sp.add_argument("--until", type=float, metavar="T2", help="end time (min); default the config's duration")
+    sp.add_argument("--from", dest="from_min", type=_time_min, required=True, metavar="T",
+                    help="restart time: minutes, or with a unit (7d, 12h, 90min); the snapshot at or just before T")
+    sp.add_argument("--until", type=_time_min, metavar="T2",
+                    help="end time (minutes or with a unit); default the config's duration")
+    sp.add_argument("--therapy-file", metavar="FILE",
+                    help="TOML with [therapy.<name>] tables (and optionally [patient], [effects]) added to the "
+                    "branch; a therapy of the same name replaces the parent's")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="change a config value for the branch (TOML syntax); repeatable")
     sp.add_argument("--backend", choices=["numpy", "cupy", "auto"],

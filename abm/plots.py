@@ -337,12 +337,56 @@ def _field_unit(name: str) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Figures
+def dose_times_days(ts: dict) -> dict[str, np.ndarray]:
+    """Per drug, the times (days) of the rows whose step started a dose (from the ``doses_<drug>`` series)."""
+    t = _days(ts)
+    return {k[len("doses_"):]: t[np.nan_to_num(ts[k]) > 0] for k in ts if k.startswith("doses_")}
+
+
+def mark_doses(ax, ts: dict) -> None:
+    """Dose times as triangles along the bottom of ``ax``, one marker colour per drug."""
+    for i, (drug, days) in enumerate(sorted(dose_times_days(ts).items())):
+        if days.size:
+            ax.plot(days, np.zeros_like(days), ls="none", marker="^", ms=7, color=f"C{(i + 4) % 10}",
+                    clip_on=False, label=f"{drug} dose")
+    if dose_times_days(ts):
+        ax.legend(loc="best", fontsize=7)
+
+
+def _draw_drug_series(ax, ts: dict, names: list[str], title: str, ylabel: str, log: bool) -> None:
+    t = _days(ts)
+    for name in names:
+        y = ts[name]
+        if np.isfinite(y).any():
+            ax.plot(t, y, lw=1.3, label=name)
+    if log and any(np.nanmax(np.where(ts[n] > 0, ts[n], np.nan), initial=0) > 0 for n in names):
+        ax.set_yscale("log")
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=7)
+
+
+def drug_panels(ts: dict) -> list:
+    """Drawers of the drug row of the summary: plasma (mg/L), tumour mean (nM), core occupancy; those present."""
+    groups = [
+        ([k for k in ts if k.startswith("plasma_") and k.endswith("_mg_per_L")], "Plasma level", "mg/L", True),
+        ([k for k in ts if k.startswith("tumour_") and k.endswith("_nM")], "Tumour level (mean over cells)", "nM",
+         True),
+        ([k for k in ts if k.startswith("occupancy_") and k.endswith(("_core", "_plasma"))], "Target occupancy",
+         "fraction bound", False),
+    ]
+    return [functools.partial(_draw_drug_series, names=names, title=title, ylabel=unit, log=log)
+            for names, title, unit, log in groups if names]
+
+
 def plot_summary(h5_path, png_path) -> Path:
     """Write ``summary.png``: populations, tumour burden with RECIST thresholds and hypoxic fraction.
 
     Runs with the immune layer get a second row: immune cells per state with kills per step, CD8 density per
     region with the phenotype label, and the immune state (exhausted fraction, antigenicity, PD-L1, priming,
-    effector:Treg and M1:M2 ratios).
+    effector:Treg and M1:M2 ratios). Runs with therapies mark the doses on the burden panel and get a third row:
+    plasma levels, tumour levels and target occupancy in the core.
 
     Parameters
     ----------
@@ -362,12 +406,14 @@ def plot_summary(h5_path, png_path) -> Path:
         kinds = run.timeseries_kinds()
     panels = [functools.partial(draw_populations, kinds=kinds)]
     if "tumour_diameter_um" in ts:
-        panels.append(draw_burden)
+        panels.append(lambda ax, ts: (draw_burden(ax, ts), mark_doses(ax, ts)))
     if "hypoxic_fraction" in ts:
         panels.append(draw_hypoxia)
     rows = [panels]
     if has_immune_readouts(ts):
         rows.append(list(IMMUNE_PANELS))
+    if drug_panels(ts):
+        rows.append(drug_panels(ts))
     ncols = max(len(r) for r in rows)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(5.2 * ncols, 3.8 * len(rows)), constrained_layout=True,
                              squeeze=False)

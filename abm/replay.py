@@ -19,11 +19,31 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from abm.config import apply_overrides, parse_config
+from abm.config import ConfigError, apply_overrides, parse_config
 from abm.io.reader import RunFileError
 from abm.io.run import open_run
 
 __all__ = ["default_replay_dir", "replay_run"]
+
+
+def _read_therapy_file(path) -> dict:
+    """The tables of a therapy file; only ``therapy``, ``patient`` and ``effects`` are allowed."""
+    import tomllib
+
+    from abm.config import ConfigError
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"no such file: {path}"], str(path)) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
+    unknown = sorted(set(data) - {"therapy", "patient", "effects"})
+    if unknown:
+        raise ConfigError([f"{', '.join(unknown)}: a therapy file holds only [therapy.<name>], [patient] and "
+                           "[effects] tables"], str(path))
+    return data
 
 
 def default_replay_dir(parent_file: Path, time_min: float) -> Path:
@@ -41,6 +61,7 @@ def replay_run(
     out_dir=None,
     overwrite: bool = False,
     progress: bool = True,
+    therapy_file=None,
 ):
     """Restart the run in ``path`` from its snapshot at (or just before) ``from_min``.
 
@@ -62,6 +83,9 @@ def replay_run(
         Replace a run already in ``out_dir`` (never the parent).
     progress : bool
         Show a progress bar.
+    therapy_file : path-like, optional
+        TOML file whose ``[therapy.<name>]`` tables (and ``[patient]``, ``[effects]``) are added to the branch's
+        config before the overrides; a therapy of the same name replaces the parent's.
 
     Returns
     -------
@@ -89,6 +113,12 @@ def replay_run(
         state = run.state(branch_time)
     if parent_backend and not any(o.partition("=")[0].strip() == "backend" for o in overrides):
         data["backend"] = parent_backend
+    if therapy_file is not None:
+        extra = _read_therapy_file(therapy_file)
+        data.setdefault("therapy", {}).update(extra.get("therapy", {}))
+        for key in ("patient", "effects"):
+            if key in extra:
+                data[key] = {**data.get(key, {}), **extra[key]}
     config = parse_config(apply_overrides(data, overrides), f"{path} with --set")
     end = config.time.duration_min if until_min is None else float(until_min)
     if end <= branch_time:
@@ -101,6 +131,8 @@ def replay_run(
         raise RunFileError(f"{path}: a replay never overwrites its parent; choose another --out")
     try:
         sim = Simulation.from_state(config, state)
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise RunFileError(f"{path}: the snapshot at t = {branch_time:g} min does not fit the config ({exc})") from None
     attrs = {
@@ -108,6 +140,7 @@ def replay_run(
         "branch_time_min": branch_time,
         "branch_step": branch_step,
         "branch_overrides": json.dumps(overrides),
+        "branch_therapy_file": str(Path(therapy_file).resolve()) if therapy_file is not None else "",
         "parent_config_toml": parent_toml,
         "branch_added_modules": json.dumps(sim.added["modules"]),
         "branch_added_fields": json.dumps(sim.added["fields"]),

@@ -52,7 +52,9 @@ def _summarise_tree(tree: dict, prefix: str, exact: dict, approx: dict) -> None:
             _summarise_tree(value, name, exact, approx)
             continue
         a = np.asarray(value)
-        if a.dtype.kind in "biu":
+        if a.dtype.kind in "USO":
+            exact[name] = str(value)
+        elif a.dtype.kind in "biu":
             exact[name] = _digest(a)
         else:
             approx[name] = _floats(a)

@@ -178,3 +178,35 @@ def test_bad_regimens_are_config_errors_naming_the_key(tmp_path, capsys, therapy
     assert cli_main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
+
+
+def test_replay_with_a_therapy_file_branches_into_a_treated_arm(tmp_path, capsys):
+    import json
+
+    from abm.io import open_run
+    from abm.runner import run_simulation
+
+    data = _config({}, name="parent", time={"duration_min": 720.0}, immune={"enabled": True},
+                   output={"snapshot_interval_min": 360.0, "summary_plot": False})
+    parent = run_simulation(parse_config(data), tmp_path / "parent", progress=False)
+    arm = tmp_path / "arm.toml"
+    arm.write_text('[therapy.nivolumab]\nkind = "antibody"\npreset = "nivolumab"\n'
+                   'schedule = { start_day = 0.25, dose_mg_per_kg = 3.0 }\n', encoding="utf-8")
+    out = tmp_path / "arm"
+    assert cli_main(["replay", str(parent.h5_path), "--from", "0.25d", "--until", "12h", "--therapy-file", str(arm),
+                     "--out", str(out), "--quiet"]) == 0
+    with open_run(parent.h5_path) as p, open_run(out / "sim.h5") as b:
+        assert json.loads(b.attrs["branch_added_modules"]) == ["therapy"]
+        assert b.attrs["branch_therapy_file"].endswith("arm.toml")
+        before, at_branch = p.state(360.0), b.state(360.0)
+        for name in before["fields"]:
+            np.testing.assert_array_equal(before["fields"][name], at_branch["fields"][name])
+        assert_tree_equal(before["agents"], at_branch["agents"])
+        ts = b.timeseries()
+        assert ts["doses_nivolumab"].sum() == 1 and ts["plasma_nivolumab_mg_per_L"][-1] > 10
+        assert [t["name"] for t in b.therapies()] == ["nivolumab"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid]\nshape = [10, 10]\n", encoding="utf-8")
+    assert cli_main(["replay", str(parent.h5_path), "--from", "6h", "--therapy-file", str(bad),
+                     "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "a therapy file holds only" in capsys.readouterr().err

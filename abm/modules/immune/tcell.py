@@ -181,7 +181,12 @@ def tcell_kill(world, params, rng, intents) -> None:
     kills[rows[kill]] += 1
     if res.exhaustion:
         ex = t["exhaustion"]
-        gain = p.exhaustion_per_engagement * (1.0 + pdl1)
+        signalling = pdl1  # PD-1 signalling; blockade of either side removes its share
+        for slug, where in (("pd1", here), ("pdl1", tum["voxel"][target])):
+            theta = blocked(world, slug, where)
+            if theta is not None:
+                signalling = signalling * (1.0 - theta)
+        gain = p.exhaustion_per_engagement * (1.0 + signalling)
         free_alt = _alt_checkpoint_free(world, here)
         if free_alt is not None:  # LAG-3/TIGIT blockade slows exhaustion
             gain = gain * (1.0 - params.effects.alt_checkpoint.exhaustion_relief * (1.0 - free_alt))
