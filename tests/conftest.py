@@ -55,3 +55,22 @@ def assert_tree_equal(a, b, path: str = "") -> None:
     a, b = np.asarray(a), np.asarray(b)
     assert a.dtype == b.dtype, f"{path}: dtype {a.dtype} != {b.dtype}"
     np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+def quickstart_scene(overrides=(), immune: bool = False, therapy: bool = False):
+    """The quickstart's tumour, vessels and oxygen as a Config, by default without its immune layer and therapy.
+
+    Tests of the engine, files and plots use it for a small known scene with one field.
+    """
+    import tomllib
+    from pathlib import Path
+
+    from abm.config import apply_overrides, parse_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "quickstart.toml"
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    if not therapy:
+        data.pop("therapy", None)
+    if not immune:
+        data["immune"] = {"enabled": False}
+    return parse_config(apply_overrides(data, list(overrides)), str(path))

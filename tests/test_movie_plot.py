@@ -7,15 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import quickstart_scene
 
 from abm.cli import main
-from abm.config import apply_overrides, load_config, parse_config
+from abm.config import load_config
 from abm.io import open_run
 from abm.runner import run_simulation
 
@@ -27,12 +27,8 @@ QUICKSTART = REPO / "configs" / "quickstart.toml"
 def run_file(request, tmp_path_factory):
     shape = "[24,24]" if request.param == 2 else "[16,16,16]"
     # The quickstart's tumour and oxygen only (no immune layer, no therapy): one field, known panels.
-    data = tomllib.loads(QUICKSTART.read_text(encoding="utf-8"))
-    data.pop("therapy", None)
-    data["immune"] = {"enabled": False}
-    cfg = parse_config(apply_overrides(data, [f"grid.shape={shape}", "time.duration_min=60",
-                                              "output.snapshot_interval_min=12", "backend=numpy",
-                                              "initial.tumour.radius_um=100"]))
+    cfg = quickstart_scene([f"grid.shape={shape}", "time.duration_min=60", "output.snapshot_interval_min=12",
+                            "backend=numpy", "initial.tumour.radius_um=100"])
     out = tmp_path_factory.mktemp(f"movie{request.param}d") / "run"
     return run_simulation(cfg, out, progress=False).h5_path
 

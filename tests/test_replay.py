@@ -9,10 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_tree_equal
+from conftest import assert_tree_equal, quickstart_scene
 
 from abm.cli import main
-from abm.config import load_config
 from abm.io import open_run
 from abm.runner import run_simulation
 
@@ -24,7 +23,7 @@ N_STEPS = 10  # the half run; the full run is 2N
 
 def small_config(ndim: int, duration_min: float, extra=()):
     shape = "[24,24]" if ndim == 2 else "[16,16,16]"
-    return load_config(QUICKSTART, [
+    return quickstart_scene([
         f"grid.shape={shape}", f"time.duration_min={duration_min}", "output.snapshot_interval_min=30",
         "backend=numpy", "output.summary_plot=false", "initial.tumour.radius_um=100", *extra,
     ])

@@ -1,0 +1,23 @@
+"""Adapters at the edge: wrappers that let other tools drive the engine.
+
+These are the only modules under ``abm`` that import third-party modelling or scheduling libraries (a test
+enforces it). Each adapter is imported on first use, so importing :mod:`abm.adapters` needs none of them:
+
+``TMEModel``
+    A ``mesa.Model`` over :class:`abm.model.Simulation` (:mod:`abm.adapters.mesa_model`; needs
+    ``pip install 'tme-abm[mesa]'``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["TMEModel"]
+
+_LAZY = {"TMEModel": "abm.adapters.mesa_model"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'abm.adapters' has no attribute '{name}'")
