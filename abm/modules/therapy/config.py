@@ -121,6 +121,11 @@ class TissueConfig(Section):
         description="Local clearance half-life in tissue (lymphatic drainage, uptake and catabolism), min."
     )
     ecm_hindered: bool = Field(description="ECM lowers the diffusivity (large molecules).")
+    solver: Literal["lod", "exact"] = Field(
+        default="exact",
+        description="Field solver of the drug: 'exact' (unsplit implicit step; with the slowly varying drug levels it "
+        "needs 0-2 iterations a step) or 'lod' (operator split, whose symmetrised sink path costs more here).",
+    )
     vessel_surface_per_volume_per_um: Positive = Field(
         default=0.0785,
         description="Capillary surface per vessel-voxel volume, 1/µm: 2π r dx / dx³ for a 5 µm capillary in a 20 µm "

@@ -178,7 +178,7 @@ class TherapyModule(BaseModule):
             t = d.cfg.tissue
             fields.append(FieldSpec(name, "nM", t.free_diffusivity_um2_per_min,
                                     math.log(2.0) / t.tissue_clearance_half_life_min, 0.0, _NOFLUX,
-                                    ecm_hindered=t.ecm_hindered))
+                                    ecm_hindered=t.ecm_hindered, solver=t.solver))
         readouts = []
         for name in p.drugs:
             readouts += [Readout(f"plasma_{name}_mg_per_L", "mg/L", "level", f"plasma concentration of {name}"),
