@@ -87,6 +87,7 @@ class Simulation:
 
         self.params_of: dict = {}
         self.owner_of_layer: dict[str, str] = {}
+        self.owner_of_table: dict[str, str] = {}
         for m in self.modules:
             d = self.declarations[m.name]
             for layer, capacity in d.occupancy.items():
@@ -122,6 +123,7 @@ class Simulation:
                 world.table_specs[spec.name] = spec
                 world.death_codes[spec.name] = {}
                 self.params_of[spec.name] = m.params
+                self.owner_of_table[spec.name] = m.name
                 if spec.layer == "tissue":
                     world.add_tissue_code(spec.name)
             for r in d.readouts:
@@ -380,7 +382,7 @@ class Simulation:
                     raise ValueError(f"snapshot has no layer '{name}' of module '{m.name}'")
                 world.layers[name] = xp.asarray(np.asarray(src[name]), dtype=world.layers[name].dtype)
             for name in world.table_specs:
-                if sim.params_of[name] is m.params:
+                if sim.owner_of_table[name] == m.name:
                     if name not in st["agents"]:
                         raise ValueError(f"snapshot has no agent table '{name}'")
                     world.tables[name].load(st["agents"][name])

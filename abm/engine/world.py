@@ -78,6 +78,7 @@ class World:
         self._codes: dict[str, int] = {}
         self.tissue = xp.zeros(self.shape, dtype=np.uint8)
         self._rows: dict = {}
+        self._memo: dict = {}
         self._counts: dict = {}
         self._scratch: dict = {}
 
@@ -127,6 +128,7 @@ class World:
             if spec.layer == "tissue":
                 flat[self.tables[name]["voxel"]] = self._codes[name]
         self._rows.clear()
+        self._memo.clear()
         self._counts = {layer: self.count_layer(layer) for layer in self.capacity}
 
     def rows(self, table: str):
@@ -139,6 +141,15 @@ class World:
             row[vox] = xp.arange(vox.shape[0], dtype=np.int32)
             self._rows[table] = row
         return row
+
+    def memo(self, key, compute):
+        """``compute()``, computed once between two refreshes of the occupancy indices.
+
+        For derived lattices several modules read in one step, such as the lesion regions.
+        """
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def counts(self, layer: str):
         """Agents of capacity layer ``layer`` per voxel (int32 flat lattice), as of the last refresh."""

@@ -70,8 +70,13 @@ def lesion_regions(world, margin_um: float):
 
     The lesion is the live plus necrotic tumour voxels. The margin is the band of width ``margin_um`` centred on
     the lesion edge (Chebyshev distance, via box dilation and erosion); the core is the lesion inside that band
-    (the whole lesion when the band swallows it); the stroma is everything else.
+    (the whole lesion when the band swallows it); the stroma is everything else. Computed once per step however
+    many modules read it.
     """
+    return world.memo(("lesion_regions", float(margin_um)), lambda: _lesion_regions(world, margin_um))
+
+
+def _lesion_regions(world, margin_um: float):
     lesion = world.tissue == world.code("tumour")
     lesion |= world.layers["necrotic"]
     half = int(round(margin_um / 2 / world.spacing_um))

@@ -84,13 +84,30 @@ def tcell_recruitment(world, params, rng, intents) -> None:
                            world.rng(params.stream("treg_recruitment")), "treg_recruited", is_treg=True, **NEW_CELL)
 
 
-def suppression_components(world, params, voxels, target_pdl1, exhaustion, target_voxels=None) -> dict:
+def _pd1_axis_free(world, voxels, target_voxels) -> list:
+    """Unblocked fractions of the PD-1/PD-L1 axis: ``1 - θ_PD-1`` at ``voxels``, ``1 - θ_PD-L1`` at the targets.
+
+    Only the targets some drug binds are listed (an empty list without checkpoint therapy).
+    """
+    free = []
+    for slug, where in (("pd1", voxels), ("pdl1", target_voxels)):
+        theta = blocked(world, slug, where) if where is not None else None
+        if theta is not None:
+            free.append(1.0 - theta)
+    return free
+
+
+def suppression_components(world, params, voxels, target_pdl1, exhaustion, target_voxels=None, *,
+                           pd1_free=None, alt_free=None) -> dict:
     """Each suppression term (0..1) acting on T cells at ``voxels``, honouring the resistance switches.
 
     Therapy read points: PD-1 occupancy at the T cell and PD-L1 occupancy at the target (``target_voxels``) each
     remove their fraction of the PD-1/PD-L1 term; LAG-3 and TIGIT occupancy remove theirs of the
     alternative-checkpoint term; TGF-β occupancy (ligand traps and receptor inhibitors) removes its fraction of
     the TGF-β signal.
+
+    ``pd1_free`` and ``alt_free`` (from :func:`_pd1_axis_free` and :func:`_alt_checkpoint_free`) may be passed
+    by a caller that needs them too; otherwise they are read here.
 
     Returns
     -------
@@ -101,12 +118,10 @@ def suppression_components(world, params, voxels, target_pdl1, exhaustion, targe
     p, res = params.tcell, params.resistance
     zero = xp.zeros(voxels.shape[0], dtype=np.float64)
     out = {"pd1": p.pd1_suppression * xp.clip(target_pdl1, 0.0, 1.0)}
-    for slug, where in (("pd1", voxels), ("pdl1", target_voxels)):
-        theta = blocked(world, slug, where) if where is not None else None
-        if theta is not None:
-            out["pd1"] = out["pd1"] * (1.0 - theta)
+    for free in _pd1_axis_free(world, voxels, target_voxels) if pd1_free is None else pd1_free:
+        out["pd1"] = out["pd1"] * free
     out["lag3_tim3"] = p.lag3_tim3_suppression * xp.clip(exhaustion, 0.0, 1.0) if res.exhaustion else zero
-    free_alt = _alt_checkpoint_free(world, voxels)
+    free_alt = _alt_checkpoint_free(world, voxels) if alt_free is None else alt_free
     if free_alt is not None and res.exhaustion:
         out["lag3_tim3"] = out["lag3_tim3"] * free_alt
     if res.stromal_exclusion:
@@ -165,7 +180,9 @@ def tcell_kill(world, params, rng, intents) -> None:
     if res.suppressive_cells and params.macrophage.m2_pdl1 > 0:
         pdl1 = xp.minimum(1.0, pdl1 + params.macrophage.m2_pdl1 * counts_near(world, "m2", world.moore_and_self, here))
     exhaustion = t["exhaustion"][rows].astype(np.float64)
-    parts = suppression_components(world, params, here, pdl1, exhaustion, tum["voxel"][target])
+    pd1_free = _pd1_axis_free(world, here, tum["voxel"][target])
+    alt_free = _alt_checkpoint_free(world, here)
+    parts = suppression_components(world, params, here, pdl1, exhaustion, pd1_free=pd1_free, alt_free=alt_free)
     keep = xp.ones(rows.shape[0], dtype=np.float64)
     for s in parts.values():
         keep = keep * (1.0 - s)
@@ -182,14 +199,11 @@ def tcell_kill(world, params, rng, intents) -> None:
     if res.exhaustion:
         ex = t["exhaustion"]
         signalling = pdl1  # PD-1 signalling; blockade of either side removes its share
-        for slug, where in (("pd1", here), ("pdl1", tum["voxel"][target])):
-            theta = blocked(world, slug, where)
-            if theta is not None:
-                signalling = signalling * (1.0 - theta)
+        for free in pd1_free:
+            signalling = signalling * free
         gain = p.exhaustion_per_engagement * (1.0 + signalling)
-        free_alt = _alt_checkpoint_free(world, here)
-        if free_alt is not None:  # LAG-3/TIGIT blockade slows exhaustion
-            gain = gain * (1.0 - params.effects.alt_checkpoint.exhaustion_relief * (1.0 - free_alt))
+        if alt_free is not None:  # LAG-3/TIGIT blockade slows exhaustion
+            gain = gain * (1.0 - params.effects.alt_checkpoint.exhaustion_relief * (1.0 - alt_free))
         ex[rows] += gain.astype(np.float32)
         t["lag3_tim3"] = xp.minimum(ex, 1.0)
 
