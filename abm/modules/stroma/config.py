@@ -53,6 +53,12 @@ class CAFConfig(Section):
         default=2.0e-3, description="Activation rate at saturating TGF-β, 1/min. Model choice."
     )
     activation_tgfb_half_max: Positive = Field(default=0.05, description="TGF-β of half that rate, ng/mL.")
+    deactivation_rate_per_min: NonNegative = Field(
+        default=2.4e-4,
+        description="Inactivation rate of a CAF without TGF-β signalling, 1/min (e-folding ~2.9 days). Model "
+        "choice: activated myofibroblasts revert toward quiescence when the fibrogenic signal stops (Kisseleva T "
+        "et al. 2012 PNAS 109:9448, liver fibrosis regression); no rate measured in tumours was found.",
+    )
     initial_activation: Fraction = Field(default=0.2, description="Activation of seeded fibroblasts (0..1).")
     ecm_deposition_per_min: NonNegative = Field(
         default=1.0e-3,

@@ -11,7 +11,10 @@ Rules (each switchable through ``immune.caf.rules``):
 ``caf_secretion`` (exchange)
     A CAF secretes TGF-β and CXCL12 in proportion to its activation ``a``.
 ``caf_activation`` (update)
-    ``da/dt = r TGF-β/(TGF-β + K) (1 - a)``.
+    ``da/dt = r_on s (1 - a) - r_off (1 - s) a`` with ``s = TGF-β/(TGF-β + K)`` the TGF-β signalling of the
+    CAF (free TGF-β: receptor blockade lowers it), integrated exactly over the step with ``s`` held: the
+    activation relaxes toward ``r_on s / (r_on s + r_off (1 - s))``, so CAFs stay activated while TGF-β
+    signals and drift back toward quiescence when it stops.
 ``ecm_remodelling`` (update; the one writer of the ECM)
     ECM density ``E`` in a CAF's voxel and its Moore neighbours grows as ``dE/dt = d a (1 - E)``; tumour cells
     and macrophages degrade it (MMPs) as ``dE/dt = -m E`` in their voxels.
@@ -50,18 +53,23 @@ def caf_secretion(world, params, rng, intents) -> None:
 
 @rule("caf_activation", "update", writes=("caf.activation",))
 def caf_activation(world, params, rng, intents) -> None:
-    """Relax activation toward 1 at a TGF-β-dependent rate."""
+    """Relax activation toward its TGF-β-set balance of activation and inactivation (exact over the step)."""
     c = world.tables["caf"]
     if len(c) == 0:
         return
-    p = params.caf
+    xp, p = world.xp, params.caf
     tgfb = world.fields["tgfb"].data.reshape(-1)[c["voxel"]].astype(np.float64)
     theta = blocked(world, "tgfb", c["voxel"])
     if theta is not None:
         tgfb = tgfb * (1.0 - theta)
-    gain = probability(p.activation_rate_per_min * tgfb / (tgfb + p.activation_tgfb_half_max), world.dt_min, world.xp)
+    signal = tgfb / (tgfb + p.activation_tgfb_half_max)
+    on = p.activation_rate_per_min * signal
+    off = p.deactivation_rate_per_min * (1.0 - signal)
+    total = on + off
     act = c["activation"].astype(np.float64)
-    c["activation"] = act + (1.0 - act) * gain
+    relax = probability(total, world.dt_min, xp)  # 1 - exp(-(on + off) dt)
+    drift = xp.where(total > 0, (on * (1.0 - act) - off * act) / xp.where(total > 0, total, 1.0), 0.0)
+    c["activation"] = xp.clip(act + drift * relax, 0.0, 1.0)
 
 
 @rule("ecm_remodelling", "update", writes=("layer:ecm",))
