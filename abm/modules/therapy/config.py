@@ -233,6 +233,12 @@ class VEGFEffects(Section):
         default=0.2, description="Pruning rate of a vessel voxel at full occupancy, 1/day. Model choice: Tong 2004 "
         "Cancer Res and Winkler 2004 Cancer Cell saw vessel density fall over about a week of high-dose anti-VEGFR2."
     )
+    sustained_day: Positive = Field(
+        default=3.0, description="Time constant of the sustained VEGF blockade that pruning reads, days: the "
+        "running mean m of the occupancy, dm/dt = (θ - m)/τ. Model choice: under saturating blockade m passes the "
+        "0.9 threshold after τ ln 10 ≈ 7 days, where Winkler 2004 Cancer Cell 6:553 saw the DC101 normalisation "
+        "window (days ~2-5) close by day 8."
+    )
 
 
 class FAPEffects(Section):

@@ -12,7 +12,8 @@ Per drug ``<name>`` (a table ``[therapy.<name>]``):
   locally at ``ln 2 / t½``. Lattice faces are no-flux: drug enters through vessels only.
 - **Occupancy** (signal phase): one lattice per target bound by any drug, competitive,
   ``θ = Σ(Cᵢ/Kdᵢ) / (1 + Σ Cᵢ/Kdᵢ)`` (a bispecific enters two sums), written as the layer
-  ``occupancy_<slug>``; CTLA-4 also gets the plasma occupancy (lymph node), ``world.systemic``.
+  ``occupancy_<slug>``; CTLA-4 also gets the plasma occupancy (lymph node), ``world.systemic``; VEGF also its
+  running mean ``occupancy_vegf_sustained`` (``dm/dt = (θ - m)/τ``), which vessel pruning reads.
 - **Cell effects** (behaviour phase): anti-CTLA-4 depletes Tregs (Fc-mediated) at a rate rising with occupancy;
   FAP-targeting kills CAFs. Every other target acts where its mechanism lives, through
   :func:`abm.modules.common.blocked` (docs/THERAPIES.md lists the read points).
@@ -34,7 +35,10 @@ from abm.modules.therapy.config import target_slug
 from abm.modules.vasculature.module import supply
 from kernels.pk import compartment_model, propagate
 
-__all__ = ["TherapyModule", "dose_events"]
+__all__ = ["SUSTAINED_VEGF", "TherapyModule", "dose_events"]
+
+#: Running mean of the VEGF occupancy over ``effects.vegf.sustained_day`` (vessel pruning reads it).
+SUSTAINED_VEGF = "occupancy_vegf_sustained"
 
 _NOFLUX = SimpleNamespace(default="noflux", value=0.0, faces={})
 
@@ -117,6 +121,10 @@ def occupancy(world, params, rng, intents) -> None:
             s += world.fields[name].data * world.dtype.type(1.0 / kd)
         layer = world.layers[f"occupancy_{slug}"]
         xp.divide(s, s + world.dtype.type(1.0), out=layer)
+    if "vegf" in params.tissue_binders:  # the sustained blockade that vessel pruning reads
+        weight = world.dtype.type(-math.expm1(-world.dt_min / (params.effects.vegf.sustained_day * 1440.0)))
+        memory = world.layers[SUSTAINED_VEGF]
+        memory += (world.layers["occupancy_vegf"] - memory) * weight
 
 
 @rule("treg_depletion", "behaviour", needs=("table:tcell", "layer:occupancy_ctla4"))
@@ -191,11 +199,13 @@ class TherapyModule(BaseModule):
             readouts.append(Readout(f"occupancy_{slug}_plasma", "-", "ratio", f"{slug} occupancy in plasma"))
         return Declaration(
             fields=fields,
-            layers=[LayerSpec(f"occupancy_{slug}", "-", "float", 0.0, as_field=True) for slug in p.tissue_binders],
+            layers=[LayerSpec(f"occupancy_{slug}", "-", "float", 0.0, as_field=True) for slug in p.tissue_binders]
+            + ([LayerSpec(SUSTAINED_VEGF, "-", "float", 0.0)] if "vegf" in p.tissue_binders else []),
             death_causes=[DeathCause("tcell", "depleted", 3, "treg_depleted"),
                           DeathCause("caf", "depleted", 1, "caf_depleted")],
             rules=[pharmacokinetics, delivery,
-                   dataclasses.replace(occupancy, writes=tuple(f"layer:occupancy_{s}" for s in p.tissue_binders)),
+                   dataclasses.replace(occupancy, writes=tuple(f"layer:occupancy_{s}" for s in p.tissue_binders)
+                                       + ((f"layer:{SUSTAINED_VEGF}",) if "vegf" in p.tissue_binders else ())),
                    treg_depletion, caf_depletion],
             readouts=readouts + [Readout("treg_depleted", "cells", "event", "Tregs depleted by anti-CTLA-4"),
                                  Readout("caf_depleted", "cells", "event", "CAFs killed by FAP-targeting")],

@@ -74,18 +74,20 @@ def angiogenesis(world, params, rng, intents) -> None:
     intents.note("vessel_sprouts", candidates[sprout])
 
 
-@rule("vessel_pruning", "behaviour", needs=("layer:occupancy_vegf",))
+@rule("vessel_pruning", "behaviour", needs=("layer:occupancy_vegf_sustained",))
 def vessel_pruning(world, params, rng, intents) -> None:
     """Under sustained high VEGF-pathway blockade vessel voxels regress (the far side of the normalisation window).
 
-    Rate ``r max(0, θ - θ_prune) / (1 - θ_prune)`` per vessel voxel, ``θ`` the VEGF occupancy at the voxel.
+    Rate ``r max(0, m - θ_prune) / (1 - θ_prune)`` per vessel voxel, ``m`` the running mean of the VEGF occupancy
+    at the voxel over ``effects.vegf.sustained_day`` (the therapy module's ``occupancy_vegf_sustained``), so a
+    saturating course first normalises the vessels and prunes them only after days.
     """
     vessels = world.indices["vessel_voxels"]
     e = params.effects.vegf
     if vessels.shape[0] == 0 or e.prune_per_day == 0 or e.prune_threshold >= 1:
         return
-    theta = blocked(world, "vegf", vessels)
-    excess = world.xp.clip((theta - e.prune_threshold) / (1.0 - e.prune_threshold), 0.0, 1.0)
+    sustained = world.layers["occupancy_vegf_sustained"].reshape(-1).take(vessels).astype(np.float64)
+    excess = world.xp.clip((sustained - e.prune_threshold) / (1.0 - e.prune_threshold), 0.0, 1.0)
     prune = rng.random(vessels.shape[0]) < probability(e.prune_per_day / 1440.0 * excess, world.dt_min, world.xp)
     intents.set_layer("vessels", vessels[prune], False)
 
