@@ -61,7 +61,8 @@ def oxygen_supply(world, params, rng, intents) -> None:
 def angiogenesis(world, params, rng, intents) -> None:
     """Record VEGF-driven sprouting: free tissue voxels next to a vessel become vessels.
 
-    Rate ``r VEGF/(VEGF + K)`` per free voxel with a vessel in its Moore neighbourhood.
+    Rate ``r V/(V + K)`` per free voxel with a vessel in its Moore neighbourhood, ``V`` the VEGF signal there
+    (``VEGF (1 - θ)`` under VEGF-pathway blockade of occupancy ``θ``).
     """
     xp, vs = world.xp, params.vessels
     near = box_sum(world.layers["vessels"], 1).reshape(-1) > 0.5
@@ -69,6 +70,9 @@ def angiogenesis(world, params, rng, intents) -> None:
     if candidates.shape[0] == 0:
         return
     vegf = world.fields["vegf"].data.reshape(-1)[candidates].astype(np.float64)
+    theta = blocked(world, "vegf", candidates)  # anti-VEGF and VEGFR TKIs block the sprouting signal
+    if theta is not None:
+        vegf = vegf * (1.0 - theta)
     rate = vs.angiogenesis_rate_per_min * vegf / (vegf + vs.angiogenesis_vegf_half_max)
     sprout = rng.random(candidates.shape[0]) < 1.0 - xp.exp(-rate * world.dt_min)
     intents.note("vessel_sprouts", candidates[sprout])
