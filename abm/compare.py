@@ -433,6 +433,8 @@ def _draw_lines(ax, runs, colours, series, t0: float, title: str, ylabel: str, l
             missing.append(i)
     if log and top > 0:
         ax.set_yscale("log")
+        # Six decades below the peak: a short-lived drug washing out would otherwise stretch the axis to 1e-300.
+        ax.set_ylim(top * 1e-6, top * 2.0)
     _mark_baseline(ax, t0, runs)
     if legend_styles and styles_used:
         ax.legend([Line2D([], [], color="0.3", ls=s) for s in styles_used.values()],

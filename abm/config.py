@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from abm.modules.immune.config import ChemokineFieldConfig, IfngFieldConfig, ImmuneConfig
 from abm.modules.stroma.config import Cxcl12FieldConfig, TgfbFieldConfig, VegfFieldConfig
 from abm.modules.therapy.config import DrugConfig, EffectsConfig, PatientConfig, check_therapy_names
+from abm.modules.therapy.cytotoxic_config import RadiotherapyConfig
 from abm.modules.tumour.config import InitialTumourConfig, TumourConfig
 from abm.modules.vasculature.config import OxygenConfig, VesselsConfig
 from abm.schema import Positive, Section
@@ -174,9 +175,14 @@ class Config(Section):
         description="Therapies as named tables [therapy.<name>] (docs/THERAPIES.md); the name labels the drug's "
         "field, readouts and state.",
     )
+    radiotherapy: dict[str, RadiotherapyConfig] = Field(
+        default_factory=dict,
+        description="Radiotherapy courses as named tables [radiotherapy.<name>] (docs/THERAPIES.md); the name labels "
+        "the course's readouts and state.",
+    )
     effects: EffectsConfig = Field(default_factory=EffectsConfig)
 
-    @field_validator("therapy")
+    @field_validator("therapy", "radiotherapy")
     @classmethod
     def _therapy_names(cls, v: dict) -> dict:
         check_therapy_names(v)
@@ -204,6 +210,17 @@ class Config(Section):
                 )
         if self.vessels.angiogenesis and not self.immune.enabled:
             raise ValueError("vessels.angiogenesis needs the VEGF field: set immune.enabled = true")
+        clash = sorted(set(self.therapy) & set(self.radiotherapy))
+        if clash:
+            raise ValueError(f"'{clash[0]}' names both a therapy and a radiotherapy course; names must be unique")
+        for name, course in self.radiotherapy.items():
+            for key, coords in course.region.coordinates():
+                if len(coords) != ndim:
+                    raise ValueError(f"radiotherapy.{name}.region.{key} has {len(coords)} coordinates, the grid is "
+                                     f"{ndim}-D")
+        for name, drug in self.therapy.items():
+            if drug.kind == "chemotherapy" and name in ("tcell", "macrophage", "radiation", "chemo"):
+                raise ValueError(f"therapy.{name}: '{name}' is reserved (readout tumour_killed_by_{name}); rename it")
         c = self.initial.tumour.center_um
         if c is not None and len(c) != ndim:
             raise ValueError(f"initial.tumour.center_um has {len(c)} coordinates, the grid is {ndim}-D")

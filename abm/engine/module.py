@@ -106,6 +106,9 @@ class FieldSpec:
         ``"lod"`` (operator-split, fast) or ``"exact"`` (the unsplit implicit system, to ``tolerance``).
     tolerance : float
         Relative residual the exact solve stops at.
+    absolute_tolerance : float
+        Error (field unit) below which the exact solve counts as converged whatever the relative residual; for
+        fields that wash out over many decades (drugs), where float32 round-off stalls the relative criterion.
     """
 
     name: str
@@ -118,6 +121,7 @@ class FieldSpec:
     ecm_hindered: bool = False
     solver: str = "lod"
     tolerance: float = 1e-4
+    absolute_tolerance: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -184,13 +188,16 @@ class DeathCause:
     """A cause of death of one table's agents.
 
     When several rules kill one agent in a step, the cause of highest ``priority`` is recorded, so the
-    outcome never depends on rule order. Priorities of one table are unique.
+    outcome never depends on rule order. Priorities of one table are unique. ``immunogenicity`` is a weight the
+    modules may read per cause (``World.death_immunogenicity``): the immune module counts it as extra antigen of
+    an immunogenic death (dimensionless; 0 for an ordinary death).
     """
 
     table: str
     name: str
     priority: int
     readout: str | None = None
+    immunogenicity: float = 0.0
 
 
 @dataclass(frozen=True)

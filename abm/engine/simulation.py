@@ -99,7 +99,7 @@ class Simulation:
                 world.fields[spec.name] = DiffusingField(
                     spec.name, spec.unit, xp, world.shape, world.spacing_um, world.dt_min,
                     spec.diffusivity_um2_per_min, spec.decay_per_min, bc, spec.initial, world.dtype, spec.substeps,
-                    solver=spec.solver, tolerance=spec.tolerance,
+                    solver=spec.solver, tolerance=spec.tolerance, absolute_tolerance=spec.absolute_tolerance,
                 )
                 world.field_specs[spec.name] = spec
                 if spec.solver == "exact":
@@ -142,6 +142,8 @@ class Simulation:
                     raise BuildError(f"death cause '{cause.name}': priority must lie in 1..127")
                 codes[cause.name] = cause.priority
                 world.death_readouts[cause.table][cause.name] = cause.readout
+                if cause.immunogenicity:
+                    world.death_immunogenicity.setdefault(cause.table, {})[cause.priority] = float(cause.immunogenicity)
         for name, spec in world.table_specs.items():
             if spec.layer != "tissue" and spec.layer not in world.capacity:
                 raise BuildError(f"table '{name}' lives on occupancy layer '{spec.layer}', which no module declares")

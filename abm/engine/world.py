@@ -72,6 +72,7 @@ class World:
         self.field_specs: dict = {}
         self.capacity: dict[str, int] = {}  # capacity layer -> places per voxel
         self.death_codes: dict[str, dict[str, int]] = {}
+        self.death_immunogenicity: dict[str, dict[int, float]] = {}  # table -> cause code -> weight, nonzero only
         self.indices: dict = {}  # derived index arrays published by their owner (e.g. "vessel_voxels")
         self.systemic: dict[str, float] = {}  # 0-d signals of the systemic phase (e.g. plasma occupancy), host floats
         self._factors: dict = {}

@@ -206,17 +206,21 @@ class RunFile:
         return parse_config(self.config_dict(), f"{self.path} (config_toml)")
 
     def therapies(self) -> list[dict]:
-        """The therapies of the run's config, one mapping per named table ``[therapy.<name>]``.
+        """The therapies of the run's config: one mapping per ``[therapy.<name>]``, then per ``[radiotherapy.<name>]``.
 
         Each mapping holds the table's keys (``kind``, ``preset``, ``schedule``, ...) with its ``name`` added, in
-        the order of the config. Keys of ``[therapy]`` that are not tables are settings of the therapy module,
-        not therapies, and are left out. An empty list where the config has no therapy.
+        the order of the config; a radiotherapy course gets ``kind = "radiotherapy"``. Keys of ``[therapy]`` that
+        are not tables are settings of the therapy module, not therapies, and are left out. An empty list where
+        the config has no therapy.
         """
-        section = self.config_dict().get("therapy")
-        if not isinstance(section, dict):
-            return []
-        # The table's own name wins over a ``name`` key inside it: it is the one the config refers to.
-        return [{**spec, "name": name} for name, spec in section.items() if isinstance(spec, dict)]
+        config = self.config_dict()
+        out = []
+        for section, extra in (("therapy", {}), ("radiotherapy", {"kind": "radiotherapy"})):
+            tables = config.get(section)
+            if isinstance(tables, dict):
+                # The table's own name wins over a ``name`` key inside it: it is the one the config refers to.
+                out += [{**extra, **spec, "name": name} for name, spec in tables.items() if isinstance(spec, dict)]
+        return out
 
     # ----------------------------------------------------------------------------------------------------------
     # Snapshots

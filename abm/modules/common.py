@@ -5,7 +5,8 @@ from __future__ import annotations
 from abm.engine.module import FieldSpec
 from kernels.lattice import box_sum
 
-__all__ = ["blocked", "hill", "initial_region", "lesion_regions", "probability", "ramp", "solute_spec"]
+__all__ = ["blocked", "hill", "immunogenic_antigen", "initial_region", "lesion_regions", "probability", "ramp",
+           "solute_spec"]
 
 
 def hill(x, half_max, n, xp):
@@ -63,6 +64,35 @@ def blocked(world, slug: str, voxels):
     if layer is None:
         return None
     return layer.reshape(-1).take(voxels).astype("float64")
+
+
+def immunogenic_antigen(world, dead):
+    """Extra antigen of the tumour cells that died an immunogenic death this step, or ``None`` when no cause is one.
+
+    ``A_ICD = Σ q_i s(c_i)`` over the dead tumour cells, with ``q_i`` a cell's antigenicity and ``s(c_i)`` the
+    ``immunogenicity`` of the cause it died of (``DeathCause``; chemotherapy and radiation, docs/THERAPIES.md).
+
+    Parameters
+    ----------
+    world : abm.engine.World
+    dead : (codes, columns) or None
+        ``record.dead["tumour"]`` of the commit.
+
+    Returns
+    -------
+    float64 backend scalar, or None
+    """
+    strengths = world.death_immunogenicity.get("tumour")
+    if not strengths:
+        return None
+    xp = world.xp
+    if dead is None:
+        return xp.zeros((), dtype="float64")
+    codes, columns = dead
+    weight = xp.zeros(codes.shape[0], dtype="float64")
+    for code, s in strengths.items():
+        weight += (codes == code) * s
+    return (columns["antigenicity"].astype("float64") * weight).sum()
 
 
 def lesion_regions(world, margin_um: float):

@@ -5,7 +5,8 @@ places per voxel), the ``chemokine`` and ``ifng`` fields, the deaths of tumour c
 macrophages, the T-cell and macrophage rules, priming (state ``state/immune/priming``) and the infiltration
 and phenotype readouts.
 
-Priming: antigen released by dying tumour cells (the sum of their antigenicity) raises it logistically to 1,
+Priming: antigen released by dying tumour cells (the sum of their antigenicity, plus the extra antigen of
+immunogenic deaths, :func:`abm.modules.common.immunogenic_antigen`) raises it logistically to 1,
 ``p += a antigen (1 - p)``; it relaxes without antigen, ``p -= d dt p``.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, Readout, TableSpec
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import initial_region, lesion_regions, solute_spec
+from abm.modules.common import immunogenic_antigen, initial_region, lesion_regions, solute_spec
 from abm.modules.immune import macrophage, tcell
 from abm.modules.immune.common import M0, M1, M2
 from kernels.lattice import Stencil, cube_offsets, scatter_count
@@ -137,11 +138,14 @@ class ImmuneModule(BaseModule):
         self._ndim, self._spacing = world.ndim, world.spacing_um
 
     def commit(self, world, record, intents, events: dict) -> None:
-        """Antigen released by the tumour cells that died; priming follows it."""
+        """Antigen released by the tumour cells that died (immunogenic deaths release more); priming follows it."""
         xp = world.xp
         dead = record.dead.get("tumour")
         antigen = dead[1]["antigenicity"].astype(np.float64).sum() if dead is not None else xp.zeros(())
         events["antigen_released"] = antigen
+        extra = immunogenic_antigen(world, dead)
+        if extra is not None:
+            antigen = antigen + extra
         im = self.params.immune
         p = self.params.priming
         gain = im.priming_per_antigen * (1.0 + self.params.effects.ctla4.priming_boost

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from abm.modules.therapy.cytotoxic_config import CytotoxicConfig, RadiationEffects
 from abm.modules.therapy.library import class_defaults, library_entry, library_names
 from abm.schema import Fraction, NonNegative, Positive, Section
 
@@ -48,6 +49,9 @@ class ScheduleConfig(Section):
     )
     dose_mg_per_kg: Positive | None = Field(default=None, description="Dose per body weight, mg/kg.")
     dose_mg: Positive | None = Field(default=None, description="Flat dose, mg (instead of dose_mg_per_kg).")
+    dose_mg_per_m2: Positive | None = Field(
+        default=None, description="Dose per body-surface area, mg/m² (chemotherapy; x patient.body_surface_area_m2)."
+    )
     infusion_min: NonNegative = Field(
         default=0.0, description="Infusion duration, min (0: bolus). Intravenous labels: typically 30-60 min."
     )
@@ -61,8 +65,8 @@ class ScheduleConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ScheduleConfig:
-        if (self.dose_mg_per_kg is None) == (self.dose_mg is None):
-            raise ValueError("give exactly one of dose_mg_per_kg and dose_mg")
+        if sum(d is not None for d in (self.dose_mg_per_kg, self.dose_mg, self.dose_mg_per_m2)) != 1:
+            raise ValueError("give exactly one of dose_mg_per_kg, dose_mg_per_m2 and dose_mg")
         if self.times_day is None and self.doses > 1 and self.every_day is None:
             raise ValueError(f"{self.doses} doses need every_day (days between doses)")
         if self.times_day is not None and not self.times_day:
@@ -134,9 +138,9 @@ class TissueConfig(Section):
 
 
 class DrugConfig(Section):
-    """A drug: antibody, fusion protein or small molecule, from a library preset and overrides."""
+    """A drug: antibody, fusion protein, small molecule or chemotherapy, from a library preset and overrides."""
 
-    kind: Literal["antibody", "fusion_protein", "small_molecule"] = Field(description="Drug class.")
+    kind: Literal["antibody", "fusion_protein", "small_molecule", "chemotherapy"] = Field(description="Drug class.")
     preset: str | None = Field(default=None, description="Library entry whose values this drug starts from.")
     description: str = Field(default="", description="What the drug is.")
     route: Literal["iv", "oral", "sc"] = Field(default="iv", description="Route of administration.")
@@ -144,7 +148,12 @@ class DrugConfig(Section):
     fraction_unbound: Fraction = Field(
         default=1.0, description="Unbound fraction in plasma (small molecules; dimensionless)."
     )
-    targets: list[TargetConfig] = Field(min_length=1, description="Targets with Kd; two entries: a bispecific.")
+    targets: list[TargetConfig] = Field(
+        default_factory=list, description="Targets with Kd; two entries: a bispecific. A chemotherapy may have none."
+    )
+    cytotoxic: CytotoxicConfig | None = Field(
+        default=None, description="Kill law and immunogenic cell death of a chemotherapy (kind = 'chemotherapy' only)."
+    )
     schedule: ScheduleConfig = Field(description="The regimen.")
     pk: PKConfig = Field(description="Systemic PK.")
     tissue: TissueConfig = Field(description="Tissue transport.")
@@ -167,8 +176,9 @@ class DrugConfig(Section):
             kind = kind or base.get("kind")
             typical = base.pop("typical_dose", {})
             schedule = dict(data.get("schedule") or {})
-            if "dose_mg_per_kg" not in schedule and "dose_mg" not in schedule:
-                schedule.update({k: v for k, v in typical.items() if k in ("dose_mg_per_kg", "dose_mg")})
+            doses = ("dose_mg_per_kg", "dose_mg", "dose_mg_per_m2")
+            if not any(k in schedule for k in doses):
+                schedule.update({k: v for k, v in typical.items() if k in doses})
             if "every_day" not in schedule and "times_day" not in schedule and "every_day" in typical:
                 schedule["every_day"] = typical["every_day"]
             if "infusion_min" not in schedule and "infusion_min" in base:
@@ -177,8 +187,8 @@ class DrugConfig(Section):
             base.pop("infusion_min", None)
             base.pop("sources", None)
             base.get("pk", {}).pop("sources", None)
-        if kind in ("antibody", "fusion_protein", "small_molecule"):
-            tissue = class_defaults("antibody" if kind == "fusion_protein" else kind)
+        if kind in ("antibody", "fusion_protein", "small_molecule", "chemotherapy"):
+            tissue = class_defaults({"fusion_protein": "antibody", "chemotherapy": "small_molecule"}.get(kind, kind))
             base = {**base, "tissue": {**tissue, **base.get("tissue", {})}}
         merged = dict(base)
         for key, value in data.items():
@@ -190,6 +200,16 @@ class DrugConfig(Section):
             merged["kind"] = kind
         return merged
 
+    @model_validator(mode="after")
+    def _kind_consistent(self) -> DrugConfig:
+        if self.kind == "chemotherapy" and self.cytotoxic is None:
+            raise ValueError("a chemotherapy needs a cytotoxic table (kill_max_per_day, ec50_nM, ...)")
+        if self.kind != "chemotherapy" and self.cytotoxic is not None:
+            raise ValueError(f"cytotoxic is for kind = 'chemotherapy', not '{self.kind}'")
+        if self.kind != "chemotherapy" and not self.targets:
+            raise ValueError(f"a drug of kind '{self.kind}' needs at least one target")
+        return self
+
 
 class PatientConfig(Section):
     """The virtual patient."""
@@ -197,6 +217,10 @@ class PatientConfig(Section):
     body_weight_kg: Positive = Field(
         default=70.0, description="Body weight, kg: scales mg/kg doses. Model choice: the conventional reference "
         "adult (ICRP reference man 70 kg)."
+    )
+    body_surface_area_m2: Positive = Field(
+        default=1.82, description="Body-surface area, m²: scales mg/m² doses. Derived: Mosteller's formula "
+        "sqrt(height cm x weight kg / 3600) for the ICRP reference man (170 cm, 70 kg)."
     )
 
 
@@ -256,6 +280,7 @@ class EffectsConfig(Section):
     alt_checkpoint: AltCheckpointEffects = Field(default_factory=AltCheckpointEffects)
     vegf: VEGFEffects = Field(default_factory=VEGFEffects)
     fap: FAPEffects = Field(default_factory=FAPEffects)
+    radiation: RadiationEffects = Field(default_factory=RadiationEffects)
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

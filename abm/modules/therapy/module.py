@@ -1,11 +1,11 @@
-"""The therapy module: drugs from config, their PK, delivery through vessels and ECM, and target occupancy.
+"""The therapy module: drugs, their PK, delivery, target occupancy; chemotherapy and radiotherapy courses.
 
 Per drug ``<name>`` (a table ``[therapy.<name>]``):
 
 - **PK** (systemic phase): a one- or two-compartment model (optionally with an absorption depot) advanced with its
   exact propagator (:mod:`kernels.pk`), the step split at every dose and infusion boundary; doses in mg/kg
-  times ``patient.body_weight_kg`` or flat mg. Plasma level ``C_p = central amount / V1`` (mg/L), in nM
-  ``C_p 1e3 / MW[kDa]``.
+  times ``patient.body_weight_kg``, in mg/m² times ``patient.body_surface_area_m2``, or flat mg. Plasma level
+  ``C_p = central amount / V1`` (mg/L), in nM ``C_p 1e3 / MW[kDa]``.
 - **Delivery** (exchange phase): the drug field ``<name>`` (nM) exchanges with plasma at every vessel voxel,
   ``dc/dt = P (S/V) perfusion (f_u C_p - c)``, through the vasculature's implicit ``supply`` (the mechanism
   oxygen uses); it diffuses with the drug's own ``D`` (lowered by ECM for large molecules) and is cleared
@@ -17,6 +17,9 @@ Per drug ``<name>`` (a table ``[therapy.<name>]``):
 - **Cell effects** (behaviour phase): anti-CTLA-4 depletes Tregs (Fc-mediated) at a rate rising with occupancy;
   FAP-targeting kills CAFs. Every other target acts where its mechanism lives, through
   :func:`abm.modules.common.blocked` (docs/THERAPIES.md lists the read points).
+- **Cytotoxic** (behaviour phase, :mod:`abm.modules.therapy.cytotoxic`): a chemotherapy kills cycling tumour cells
+  and, with lymphotoxicity, T cells; radiotherapy fractions kill every cell type by the linear-quadratic law at the
+  oxygen-modified dose. Their tumour deaths are immunogenic (extra antigen toward priming).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import numpy as np
 from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, FieldSpec, LayerSpec, Readout, rule
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import lesion_regions, probability
+from abm.modules.common import immunogenic_antigen, lesion_regions, probability
 from abm.modules.therapy.config import target_slug
+from abm.modules.therapy.cytotoxic import RADIATED_TABLES, Course, chemotherapy, radiation, region_mask
 from abm.modules.vasculature.module import supply
 from kernels.pk import compartment_model, propagate
 
@@ -42,23 +46,37 @@ SUSTAINED_VEGF = "occupancy_vegf_sustained"
 
 _NOFLUX = SimpleNamespace(default="noflux", value=0.0, faces={})
 
+#: Drug level (nM) below which a drug field's exact solve counts as converged: 7 decades under the smallest Kd or
+#: EC50 of the library (0.027 nM), so it never matters, yet a drug washing out over many decades (a short-lived
+#: chemotherapy between cycles) no longer stalls the float32 solve on its relative criterion.
+DRUG_ABSOLUTE_TOLERANCE_NM = 1e-9
 
-def dose_events(drug, body_weight_kg: float) -> list[tuple[float, float, float]]:
-    """``(start_min, mg, duration_min)`` of every dose of ``drug`` (a resolved ``DrugConfig``), sorted."""
+
+def dose_events(drug, patient) -> list[tuple[float, float, float]]:
+    """``(start_min, mg, duration_min)`` of every dose of ``drug`` (a resolved ``DrugConfig``), sorted.
+
+    The dose is ``dose_mg``, ``dose_mg_per_kg`` x ``patient.body_weight_kg`` or ``dose_mg_per_m2`` x
+    ``patient.body_surface_area_m2``.
+    """
     sch = drug.schedule
-    mg = sch.dose_mg if sch.dose_mg is not None else sch.dose_mg_per_kg * body_weight_kg
+    if sch.dose_mg is not None:
+        mg = sch.dose_mg
+    elif sch.dose_mg_per_kg is not None:
+        mg = sch.dose_mg_per_kg * patient.body_weight_kg
+    else:
+        mg = sch.dose_mg_per_m2 * patient.body_surface_area_m2
     return [(t, mg, sch.infusion_min) for t in sch.dose_times_min()]
 
 
 class _Drug:
     """Host-side PK state of one drug."""
 
-    def __init__(self, name, cfg, body_weight_kg):
+    def __init__(self, name, cfg, patient):
         self.name, self.cfg = name, cfg
         pk = cfg.pk
         self.model = compartment_model(pk.model, pk.clearance_L_per_day, pk.central_volume_L, pk.peripheral_volume_L,
                                        pk.intercompartmental_clearance_L_per_day, pk.absorption_per_day)
-        self.doses = dose_events(cfg, body_weight_kg)
+        self.doses = dose_events(cfg, patient)
         self.bioavailability = pk.bioavailability if self.model.dosing != self.model.central else 1.0
         self.amounts = np.zeros(self.model.size)
         self.doses_given = 0
@@ -152,7 +170,14 @@ def caf_depletion(world, params, rng, intents) -> None:
     intents.kill("caf", die, "depleted")
 
 
-RULES = {r.name: r for r in (pharmacokinetics, delivery, occupancy, treg_depletion, caf_depletion)}
+RULES = {r.name: r for r in (pharmacokinetics, delivery, occupancy, treg_depletion, caf_depletion, chemotherapy,
+                             radiation)}
+
+#: Priorities of the therapy's causes of death per table (unique within a table across all modules); the
+#: chemotherapy causes of tumour cells take ``TUMOUR_CHEMO_PRIORITY + i`` for the i-th chemotherapy.
+RADIATION_PRIORITY = {"tumour": 5, "caf": 2, "tcell": 5, "macrophage": 2}
+TUMOUR_CHEMO_PRIORITY = 6
+TCELL_CHEMO_PRIORITY = 4
 
 
 class TherapyModule(BaseModule):
@@ -164,7 +189,9 @@ class TherapyModule(BaseModule):
     @classmethod
     def from_config(cls, config, namespaced: bool = True) -> TherapyModule:
         """The module with the sections of ``config`` it reads."""
-        drugs = {name: _Drug(name, d, config.patient.body_weight_kg) for name, d in config.therapy.items()}
+        drugs = {name: _Drug(name, d, config.patient) for name, d in config.therapy.items()}
+        cytotoxic = {name: d for name, d in drugs.items() if d.cfg.kind == "chemotherapy"}
+        courses = {name: Course(name, c) for name, c in config.radiotherapy.items()}
         tissue_binders: dict[str, list] = {}
         plasma_binders: dict[str, list] = {}
         for name, d in drugs.items():
@@ -175,7 +202,9 @@ class TherapyModule(BaseModule):
                     plasma_binders.setdefault(slug, []).append((d, tg.kd_nM))
         params = Params(drugs=drugs, tissue_binders=tissue_binders, plasma_binders=plasma_binders,
                         effects=config.effects, margin_um=config.immune.phenotype.margin_um,
-                        doses_this_step={n: 0 for n in drugs}, configs=config.therapy, namespaced=namespaced)
+                        doses_this_step={n: 0 for n in drugs}, configs=config.therapy, cytotoxic=cytotoxic,
+                        courses=courses, fractions_this_step={n: 0 for n in courses}, tumour=config.tumour,
+                        namespaced=namespaced)
         return cls(params, list(RULES))
 
     def declare(self) -> Declaration:
@@ -186,7 +215,8 @@ class TherapyModule(BaseModule):
             t = d.cfg.tissue
             fields.append(FieldSpec(name, "nM", t.free_diffusivity_um2_per_min,
                                     math.log(2.0) / t.tissue_clearance_half_life_min, 0.0, _NOFLUX,
-                                    ecm_hindered=t.ecm_hindered, solver=t.solver))
+                                    ecm_hindered=t.ecm_hindered, solver=t.solver,
+                                    absolute_tolerance=DRUG_ABSOLUTE_TOLERANCE_NM))
         readouts = []
         for name in p.drugs:
             readouts += [Readout(f"plasma_{name}_mg_per_L", "mg/L", "level", f"plasma concentration of {name}"),
@@ -197,27 +227,74 @@ class TherapyModule(BaseModule):
                          for region in ("core", "margin", "stroma")]
         for slug in p.plasma_binders:
             readouts.append(Readout(f"occupancy_{slug}_plasma", "-", "ratio", f"{slug} occupancy in plasma"))
+        causes, cytotoxic_readouts = self._cytotoxic_declarations()
         return Declaration(
             fields=fields,
             layers=[LayerSpec(f"occupancy_{slug}", "-", "float", 0.0, as_field=True) for slug in p.tissue_binders]
             + ([LayerSpec(SUSTAINED_VEGF, "-", "float", 0.0)] if "vegf" in p.tissue_binders else []),
             death_causes=[DeathCause("tcell", "depleted", 3, "treg_depleted"),
-                          DeathCause("caf", "depleted", 1, "caf_depleted")],
+                          DeathCause("caf", "depleted", 1, "caf_depleted"), *causes],
             rules=[pharmacokinetics, delivery,
                    dataclasses.replace(occupancy, writes=tuple(f"layer:occupancy_{s}" for s in p.tissue_binders)
                                        + ((f"layer:{SUSTAINED_VEGF}",) if "vegf" in p.tissue_binders else ())),
-                   treg_depletion, caf_depletion],
+                   treg_depletion, caf_depletion, *([chemotherapy] if p.cytotoxic else []),
+                   *([radiation] if p.courses else [])],
             readouts=readouts + [Readout("treg_depleted", "cells", "event", "Tregs depleted by anti-CTLA-4"),
-                                 Readout("caf_depleted", "cells", "event", "CAFs killed by FAP-targeting")],
+                                 Readout("caf_depleted", "cells", "event", "CAFs killed by FAP-targeting"),
+                                 *cytotoxic_readouts],
         )
+
+    def _cytotoxic_declarations(self) -> tuple[list, list]:
+        """Causes of death (with their immunogenicity) and readouts of the chemotherapies and radiotherapy courses."""
+        p = self.params
+        causes, readouts = [], []
+        for i, (name, d) in enumerate(p.cytotoxic.items()):
+            causes.append(DeathCause("tumour", f"chemo_{name}", TUMOUR_CHEMO_PRIORITY + i, f"tumour_killed_by_{name}",
+                                     immunogenicity=d.cfg.cytotoxic.icd_strength))
+            readouts.append(Readout(f"tumour_killed_by_{name}", "cells", "event", f"tumour cells killed by {name}"))
+        if p.cytotoxic:
+            causes.append(DeathCause("tcell", "chemotherapy", TCELL_CHEMO_PRIORITY, "tcell_killed_by_chemo"))
+            readouts += [Readout("tumour_killed_by_chemo", "cells", "event", "tumour cells killed by chemotherapy"),
+                         Readout("tcell_killed_by_chemo", "cells", "event", "T cells killed by chemotherapy")]
+        for name in p.courses:
+            readouts += [Readout(f"doses_{name}", "fractions", "event", f"fractions of {name} given in the step"),
+                         Readout(f"dose_{name}_Gy", "Gy", "event", f"physical dose of {name} given in the step")]
+        if p.courses:
+            icd = p.effects.radiation.icd_strength
+            for table in RADIATED_TABLES:
+                causes.append(DeathCause(table, "radiation", RADIATION_PRIORITY[table], f"{table}_killed_by_radiation",
+                                         immunogenicity=icd if table == "tumour" else 0.0))
+                readouts.append(Readout(f"{table}_killed_by_radiation", "cells", "event",
+                                        f"{table} cells killed by radiation"))
+        if p.cytotoxic or p.courses:
+            readouts.append(Readout("antigen_icd_released", "-", "event",
+                                    "extra antigen of immunogenic tumour-cell deaths in the step"))
+        return causes, readouts
+
+    def attach(self, world) -> None:
+        """The irradiated voxels of every course."""
+        for course in self.params.courses.values():
+            course.mask = region_mask(world, course.cfg.region)
 
     def seed(self, world, rng) -> None:
         """Nothing in tissue at the start; doses follow their schedules."""
 
     def commit(self, world, record, intents, events: dict) -> None:
-        """Doses of the step as events."""
-        for name, n in self.params.doses_this_step.items():
+        """Doses and fractions of the step, and the extra antigen of immunogenic deaths, as events."""
+        p = self.params
+        for name, n in p.doses_this_step.items():
             events[f"doses_{name}"] = world.xp.asarray(float(n))
+        for name, n in p.fractions_this_step.items():
+            events[f"doses_{name}"] = world.xp.asarray(float(n))
+            events[f"dose_{name}_Gy"] = world.xp.asarray(n * p.courses[name].cfg.dose_Gy)
+        if p.cytotoxic or p.courses:
+            extra = immunogenic_antigen(world, record.dead.get("tumour"))
+            events["antigen_icd_released"] = extra if extra is not None else world.xp.zeros(())
+
+    def derive(self, values: dict) -> None:
+        """Tumour cells killed by all chemotherapies together."""
+        if self.params.cytotoxic:
+            values["tumour_killed_by_chemo"] = sum(values[f"tumour_killed_by_{n}"] for n in self.params.cytotoxic)
 
     def measure(self, world) -> dict:
         """Tumour-mean drug levels and regional occupancy (backend scalars); plasma levels are host floats."""
@@ -240,12 +317,20 @@ class TherapyModule(BaseModule):
         return out
 
     def state(self, world) -> dict:
-        """Per drug: compartment amounts (mg), doses given, and the start times of the doses still to come."""
+        """Per drug and per radiotherapy course, what a restart needs and a reader may want.
+
+        A drug: compartment amounts (mg), doses given, the start times of the doses still to come. A course:
+        fractions given and the times of the fractions still to come.
+        """
         out = {}
         for name, d in self.params.drugs.items():
             pending = [s for s, _, _ in d.doses if s >= world.time_min]
             out[name] = {"amounts_mg": d.amounts.copy(), "compartments": ",".join(d.model.names),
                          "doses_given": d.doses_given, "pending_dose_times_min": np.asarray(pending, np.float64)}
+        for name, c in self.params.courses.items():
+            pending = [t for t in c.times_min if t >= world.time_min]
+            out[name] = {"fractions_given": c.fractions_given,
+                         "pending_fraction_times_min": np.asarray(pending, np.float64)}
         return out
 
     def load_state(self, world, state: dict | None) -> None:
@@ -261,3 +346,13 @@ class TherapyModule(BaseModule):
                 raise ConfigError([f"therapy.{name}.schedule: a dose at day {past[0] / 1440:g} lies before the "
                                    f"branch at day {world.time_min / 1440:g}; a therapy added at a branch starts at "
                                    "or after it"])
+        for name, c in self.params.courses.items():
+            own = (state or {}).get(name)
+            if own is not None:
+                c.fractions_given = int(own["fractions_given"])
+                continue
+            past = [t for t in c.times_min if t < world.time_min]
+            if past:
+                raise ConfigError([f"radiotherapy.{name}: a fraction at day {past[0] / 1440:g} lies before the branch "
+                                   f"at day {world.time_min / 1440:g}; a course added at a branch starts at or after "
+                                   "it"])
