@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from abm import __version__
@@ -215,6 +216,34 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_viz(args) -> int:
+    from abm.adapters.viz.server import check_port, check_target, serve
+
+    overrides = _overrides(args)
+    _check_nesting(overrides)
+    try:
+        target = check_target(args.target, overrides)
+        port = check_port(args.host, args.port)
+    except ValueError as exc:  # --set on a run file, a port in use
+        raise UserError(str(exc)) from None
+    try:
+        import abm.adapters.viz.app  # noqa: F401  (Solara and Mesa's visualisation, before the server starts)
+    except ImportError as exc:
+        raise UserError(f"tme viz needs Solara and Mesa's visualisation ({exc}); install them with "
+                        "pip install 'tme-abm[viz]'") from None
+    what = "replaying" if target.kind == "run" else "simulating"
+    try:
+        serve(target, args.host, port, open_browser=not args.no_browser,
+              ready=lambda url: print(f"tme viz: {what} {target.path} at {url}  (Ctrl-C stops)", flush=True))
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signal
+        pass
+    print("tme viz: stopped", flush=True)
+    sys.stderr.flush()
+    # A page left playing runs its simulation in a worker thread that Python would wait for at exit; the server
+    # has stopped and the view writes no files, so the process ends here.
+    os._exit(0)
+
+
 def _cmd_config_schema(args) -> int:
     from abm.config import Config
 
@@ -306,6 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="RECIST: days without progression for SD to be the best response (default 42)")
     sp.add_argument("--json", action="store_true", help="print the table as JSON")
     sp.set_defaults(func=_cmd_compare)
+
+    sp = sub.add_parser("viz", help="interactive browser view: simulate a config live, or replay a run file")
+    sp.add_argument("target", metavar="CONFIG|RUN.h5",
+                    help="TOML config (simulated live, parameter sliders apply on Reset) or run file (replayed)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value (TOML syntax), e.g. --set grid.shape=[40,40]; repeatable")
+    sp.add_argument("--seed", type=int, help="root seed (same as --set seed=N)")
+    sp.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks a free one)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    sp.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
+    sp.set_defaults(func=_cmd_viz)
 
     sp = sub.add_parser("config", help="config utilities")
     csub = sp.add_subparsers(dest="config_command", metavar="SUBCOMMAND")

@@ -22,8 +22,13 @@ from abm.io.run import CELL_LAYERS, RunFile, open_run
 
 __all__ = ["PlotResult", "plane", "plot_run", "plot_summary", "snapshot_planes", "tissue_rgb"]
 
-#: Colours of the cell layers (RGB in [0, 1]) on a white background.
-LAYER_COLOURS = {"vessels": (0.15, 0.35, 0.85), "necrotic": (0.25, 0.25, 0.25), "tumour": (0.85, 0.15, 0.15)}
+#: Colours of the cell layers (RGB in [0, 1]) on a white background: the tissue layers of a snapshot
+#: (:data:`abm.io.CELL_LAYERS`), then the stromal and immune cells (``abm.adapters.viz.render.agent_masks``), which
+#: are drawn over them.
+LAYER_COLOURS = {"vessels": (0.15, 0.35, 0.85), "necrotic": (0.25, 0.25, 0.25), "tumour": (0.85, 0.15, 0.15),
+                 "caf": (0.95, 0.6, 0.1), "macrophage_m0": (0.6, 0.45, 0.3), "macrophage_m1": (0.0, 0.7, 0.7),
+                 "macrophage_m2": (0.9, 0.45, 0.75), "treg": (0.55, 0.2, 0.8), "cd8_exhausted": (0.6, 0.8, 0.55),
+                 "cd8": (0.05, 0.6, 0.15)}
 
 # Drug levels: level (or occupancy ratio) series named for a drug compartment, or in a concentration unit.
 _DRUG_PREFIXES = ("drug_", "plasma_", "tumour_drug_", "pk_", "occupancy_")

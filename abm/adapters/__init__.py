@@ -6,6 +6,9 @@ enforces it). Each adapter is imported on first use, so importing :mod:`abm.adap
 ``TMEModel``
     A ``mesa.Model`` over :class:`abm.model.Simulation` (:mod:`abm.adapters.mesa_model`; needs
     ``pip install 'tme-abm[mesa]'``).
+``tme viz``
+    The interactive browser view (:mod:`abm.adapters.viz`; Solara and Mesa's visualisation, needs
+    ``pip install 'tme-abm[viz]'``).
 """
 
 from __future__ import annotations

@@ -221,9 +221,10 @@ class TMEModel(mesa.Model):
         Readouts ``model.datacollector`` collects; default every readout and ``time_min``; ``()`` for none.
     rng : int, SeedSequence, sequence of int, numpy Generator or BitGenerator, optional
         Mesa-style seed, turned into ``config.seed`` (:func:`root_seed`); default the config's seed.
-    **params
+    **kwargs
         More config overrides as keywords, ``__`` standing for ``.`` (``immune__tcell__kill_rate_per_day=2.0``
-        or ``**{"immune.tcell.kill_rate_per_day": 2.0}``); ``seed=`` sets ``config.seed``.
+        or ``**{"immune.tcell.kill_rate_per_day": 2.0}``); ``seed=`` sets ``config.seed``. (Named ``kwargs``:
+        Mesa's ``SolaraViz`` accepts model parameters beyond the named ones only through a catch-all of that name.)
 
     Attributes
     ----------
@@ -238,10 +239,10 @@ class TMEModel(mesa.Model):
     """
 
     def __init__(self, config=None, *, overrides: Mapping[str, Any] | None = None,
-                 reporters: Iterable[str] | None = None, rng: Any = None, **params: Any):
-        if rng is not None and "seed" in params:
+                 reporters: Iterable[str] | None = None, rng: Any = None, **kwargs: Any):
+        if rng is not None and "seed" in kwargs:
             raise ValueError("pass either rng or seed, not both")  # Mesa's rule
-        merged = {**(overrides or {}), **params}
+        merged = {**(overrides or {}), **kwargs}
         self.config = resolve_config(config, merged, root_seed(rng))
         # Mesa's own generators get the same root; the engine derives its streams from config.seed alone.
         super().__init__(rng=self.config.seed)
