@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from abm.modules.immune.config import ChemokineFieldConfig, IfngFieldConfig, ImmuneConfig
 from abm.modules.stroma.config import Cxcl12FieldConfig, TgfbFieldConfig, VegfFieldConfig
+from abm.modules.therapy.cellular_config import CellTherapyConfig, VaccineConfig
 from abm.modules.therapy.config import DrugConfig, EffectsConfig, PatientConfig, check_therapy_names
 from abm.modules.therapy.cytotoxic_config import RadiotherapyConfig
 from abm.modules.tumour.config import InitialTumourConfig, TumourConfig
@@ -180,9 +181,19 @@ class Config(Section):
         description="Radiotherapy courses as named tables [radiotherapy.<name>] (docs/THERAPIES.md); the name labels "
         "the course's readouts and state.",
     )
+    cell_therapy: dict[str, CellTherapyConfig] = Field(
+        default_factory=dict,
+        description="Adoptive T-cell transfers (CAR-T, TIL) as named tables [cell_therapy.<name>] "
+        "(docs/THERAPIES.md); the name labels the product's readouts and state. Needs immune.enabled.",
+    )
+    vaccine: dict[str, VaccineConfig] = Field(
+        default_factory=dict,
+        description="Cancer vaccines as named tables [vaccine.<name>] (docs/THERAPIES.md): antigen doses toward "
+        "priming. Needs immune.enabled.",
+    )
     effects: EffectsConfig = Field(default_factory=EffectsConfig)
 
-    @field_validator("therapy", "radiotherapy")
+    @field_validator("therapy", "radiotherapy", "cell_therapy", "vaccine")
     @classmethod
     def _therapy_names(cls, v: dict) -> dict:
         check_therapy_names(v)
@@ -210,16 +221,28 @@ class Config(Section):
                 )
         if self.vessels.angiogenesis and not self.immune.enabled:
             raise ValueError("vessels.angiogenesis needs the VEGF field: set immune.enabled = true")
-        clash = sorted(set(self.therapy) & set(self.radiotherapy))
-        if clash:
-            raise ValueError(f"'{clash[0]}' names both a therapy and a radiotherapy course; names must be unique")
-        for name, course in self.radiotherapy.items():
-            for key, coords in course.region.coordinates():
-                if len(coords) != ndim:
-                    raise ValueError(f"radiotherapy.{name}.region.{key} has {len(coords)} coordinates, the grid is "
-                                     f"{ndim}-D")
+        sections = ("therapy", "radiotherapy", "cell_therapy", "vaccine")
+        for i, a in enumerate(sections):
+            for b in sections[i + 1:]:
+                clash = sorted(set(getattr(self, a)) & set(getattr(self, b)))
+                if clash:
+                    raise ValueError(f"'{clash[0]}' names both a {a} and a {b} table; names must be unique")
+        for section in ("radiotherapy", "cell_therapy"):
+            for name, course in getattr(self, section).items():
+                for key, coords in course.region.coordinates():
+                    if len(coords) != ndim:
+                        raise ValueError(f"{section}.{name}.region.{key} has {len(coords)} coordinates, the grid "
+                                         f"is {ndim}-D")
+        for section in ("cell_therapy", "vaccine"):
+            if getattr(self, section) and not self.immune.enabled:
+                raise ValueError(f"[{section}.<name>] needs the immune layer: set immune.enabled = true")
+        for name in self.cell_therapy:
+            if name in ("tcell", "macrophage", "radiation", "chemo", "transferred"):
+                raise ValueError(f"cell_therapy.{name}: '{name}' is reserved (readout tumour_killed_by_{name}); "
+                                 "rename it")
         for name, drug in self.therapy.items():
-            if drug.kind == "chemotherapy" and name in ("tcell", "macrophage", "radiation", "chemo"):
+            if drug.kind in ("chemotherapy", "antibody_drug_conjugate") and name in ("tcell", "macrophage", "radiation",
+                                                                                 "chemo", "transferred"):
                 raise ValueError(f"therapy.{name}: '{name}' is reserved (readout tumour_killed_by_{name}); rename it")
         c = self.initial.tumour.center_um
         if c is not None and len(c) != ndim:

@@ -7,7 +7,11 @@ and phenotype readouts.
 
 Priming: antigen released by dying tumour cells (the sum of their antigenicity, plus the extra antigen of
 immunogenic deaths, :func:`abm.modules.common.immunogenic_antigen`) raises it logistically to 1,
-``p += a antigen (1 - p)``; it relaxes without antigen, ``p -= d dt p``.
+``p += a antigen (1 - p)``; it relaxes without antigen, ``p -= d dt p``. Vaccine doses (``[vaccine.<name>]``)
+add their antigen of the step (``world.systemic["vaccine_antigen"]``, written by the therapy module).
+
+Adoptive transfer (``[cell_therapy.<name>]``) adds the ``product`` column to the ``tcell`` table and the
+transferred-cell readouts; the therapy module infuses the cells, the T-cell rules apply the product's laws.
 """
 
 from __future__ import annotations
@@ -68,6 +72,18 @@ def _readouts(ndim: int) -> list[Readout]:
     return out
 
 
+def _transfer_readouts(products) -> list[Readout]:
+    """Readouts of adoptively transferred T cells (none without ``[cell_therapy.<name>]``)."""
+    if not products:
+        return []
+    out = [Readout("transferred_alive", "cells", "count", "adoptively transferred T cells alive"),
+           Readout("tumour_killed_by_transferred", "cells", "event", "tumour cells killed by transferred T cells")]
+    for name, _ in products:
+        out += [Readout(f"transferred_{name}_alive", "cells", "count", f"{name} T cells alive"),
+                Readout(f"tumour_killed_by_{name}", "cells", "event", f"tumour cells killed by {name} T cells")]
+    return out
+
+
 class ImmuneModule(BaseModule):
     """T cells, Tregs and macrophages; priming; infiltration readouts."""
 
@@ -83,6 +99,7 @@ class ImmuneModule(BaseModule):
             resistance=config.resistance, capacity=im.immune_capacity, fields=config.fields,
             initial=config.initial.tumour, ring_inner_um=im.caf.stroma_inner_um, ring_width_um=im.caf.stroma_width_um,
             priming=float(im.priming_initial), ndim=config.ndim, effects=config.effects, namespaced=namespaced,
+            products=list(config.cell_therapy.items()),
         )
         return cls(params, [*im.tcell.rules, *im.macrophage.rules])
 
@@ -93,7 +110,7 @@ class ImmuneModule(BaseModule):
         return Declaration(
             occupancy={"immune": self.params.capacity},
             fields=fields,
-            tables=[TableSpec("tcell", tcell.COLUMNS, layer="immune", age_column="age_min",
+            tables=[TableSpec("tcell", tcell.columns(self.params.products), layer="immune", age_column="age_min",
                               deaths_readout="tcell_deaths"),
                     TableSpec("macrophage", macrophage.COLUMNS, layer="immune", age_column="age_min",
                               deaths_readout="macrophage_deaths")],
@@ -104,7 +121,7 @@ class ImmuneModule(BaseModule):
                 DeathCause("macrophage", "lifespan", 1),
             ],
             rules=self.rules(RULES),
-            readouts=_readouts(self.params.ndim),
+            readouts=_readouts(self.params.ndim) + _transfer_readouts(self.params.products),
         )
 
     def seed(self, world, rng) -> None:
@@ -128,7 +145,7 @@ class ImmuneModule(BaseModule):
                                    "immune.initial_tcell_shell_um"])
             order = xp.argsort(rng.random(shell.shape[0]))  # a uniform random subset of distinct voxels
             voxels = xp.sort(shell[order[:n]]).astype(np.int64)
-            cols = {c: xp.full(n, v) for c, v in tcell.NEW_CELL.items()}
+            cols = {c: xp.full(n, v) for c, v in tcell.new_cell(p.products).items()}
             world.tables["tcell"].append(voxel=voxels, is_treg=xp.zeros(n, dtype=bool), **cols)
 
     def attach(self, world) -> None:
@@ -136,6 +153,7 @@ class ImmuneModule(BaseModule):
         radius = int(round(self.params.tcell.suppression_radius_um / world.spacing_um))
         self.params.suppression_window = Stencil(world.shape, cube_offsets(world.ndim, radius), world.xp)
         self._ndim, self._spacing = world.ndim, world.spacing_um
+        self.params.product_laws = tcell.product_laws(world.xp, self.params.products, self.params.tcell)
 
     def commit(self, world, record, intents, events: dict) -> None:
         """Antigen released by the tumour cells that died (immunogenic deaths release more); priming follows it."""
@@ -146,6 +164,10 @@ class ImmuneModule(BaseModule):
         extra = immunogenic_antigen(world, dead)
         if extra is not None:
             antigen = antigen + extra
+        if "vaccine_antigen" in world.systemic:  # vaccine doses of the step (therapy module)
+            antigen = antigen + world.systemic["vaccine_antigen"]
+        if self.params.products:
+            self._count_transferred_kills(world, intents, events)
         im = self.params.immune
         p = self.params.priming
         gain = im.priming_per_antigen * (1.0 + self.params.effects.ctla4.priming_boost
@@ -153,6 +175,16 @@ class ImmuneModule(BaseModule):
         p += gain * float(world.backend.to_host(xp.asarray(antigen))) * (1.0 - p)
         p -= im.priming_decay_per_min * world.dt_min * p
         self.params.priming = float(min(max(p, 0.0), 1.0))
+
+    def _count_transferred_kills(self, world, intents, events: dict) -> None:
+        """Kills by transferred cells in the step, per product and in all (successful kill draws)."""
+        xp = world.xp
+        noted = intents.notes.get("transferred_kills", [])
+        product = xp.concatenate(noted) if noted else xp.zeros(0, dtype=np.int64)
+        counts = xp.bincount(product, minlength=len(self.params.products) + 1)
+        for k, (name, _) in enumerate(self.params.products, start=1):
+            events[f"tumour_killed_by_{name}"] = counts[k]
+        events["tumour_killed_by_transferred"] = counts[1:].sum()
 
     def state(self, world) -> dict:
         """Priming."""
@@ -176,7 +208,11 @@ class ImmuneModule(BaseModule):
         cd8 = scatter_count(t["voxel"][eff], world.size).reshape(world.shape)
         lesion = core | margin
         ecm = world.layers["ecm"]
-        return {
+        out = {f"transferred_{name}_alive": xp.count_nonzero(t["product"] == k)
+               for k, (name, _) in enumerate(self.params.products, start=1)}
+        if self.params.products:
+            out["transferred_alive"] = xp.count_nonzero(t["product"] > 0)
+        return out | {
             "tcell_effector": xp.count_nonzero(eff),
             "tcell_treg": xp.count_nonzero(t["is_treg"]),
             "tcell_exhausted": xp.count_nonzero(eff & (t["exhaustion"] >= 1.0)),

@@ -17,6 +17,12 @@ Rules (each switchable through ``immune.tcell.rules``):
     Chemokine-biased random walk (see :func:`abm.modules.immune.common.record_walk`), slowed by ECM and CXCL12.
 ``tcell_death`` (behaviour)
     Death at rate 1/lifespan, and after ``max_kills`` kills.
+
+Adoptively transferred cells (``[cell_therapy.<name>]``, column ``product`` > 0) follow the same rules with their
+product's parameters (:func:`product_laws`): a CAR-T cell recognises its target with the product's
+``car_recognition`` in place of the target's antigenicity; the product's kill rate, kill limit and death rate
+replace the endogenous ones; its ``pd1_sensitivity`` scales the PD-1/PD-L1 suppression and PD-1 exhaustion
+signalling. Kills by transferred cells are noted for the immune module's readouts.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from abm.modules.immune.common import (
 )
 from kernels.sampling import bernoulli_rows
 
-__all__ = ["COLUMNS", "RULES", "suppression_components"]
+__all__ = ["COLUMNS", "NEW_CELL", "RULES", "columns", "new_cell", "product_laws", "suppression_components"]
 
 COLUMNS = {
     "voxel": Column("int64", "-", "flat (C-order) index of the voxel in the immune layer"),
@@ -48,6 +54,39 @@ COLUMNS = {
 }
 
 NEW_CELL = {"kills": 0, "exhaustion": 0.0, "lag3_tim3": 0.0, "engaged": False, "age_min": 0.0}
+
+#: The column a run with adoptive transfer adds (``[cell_therapy.<name>]``): which product a cell came from.
+PRODUCT_COLUMN = Column("int8", "-", "adoptive-transfer product: 0 endogenous, k the k-th [cell_therapy] table")
+
+
+def columns(products) -> dict:
+    """The table's columns: :data:`COLUMNS`, plus ``product`` when there are transferred products."""
+    return {**COLUMNS, "product": PRODUCT_COLUMN} if products else dict(COLUMNS)
+
+
+def new_cell(products, product: int = 0) -> dict:
+    """Non-voxel column values of a new effector or Treg (``product`` 0: endogenous)."""
+    return {**NEW_CELL, "product": product} if products else dict(NEW_CELL)
+
+
+def product_laws(xp, products, tcell) -> dict:
+    """Per-product parameters indexed by the ``product`` code (row 0: endogenous cells), on the backend.
+
+    Returns
+    -------
+    dict of str to array, shape ``(1 + len(products),)``
+        ``car`` (bool: recognition through the CAR), ``recognition`` (CAR recognition q), ``kill_per_min``,
+        ``max_kills``, ``death_per_min`` and ``pd1_sensitivity``.
+    """
+    rows = [(False, 0.0, tcell.kill_rate_per_day, tcell.max_kills, 1.0 / tcell.lifespan_min, 1.0)]
+    for _, c in products:
+        rows.append((c.kind == "car_t", c.car_recognition, c.kill_rate_per_day or tcell.kill_rate_per_day,
+                     c.max_kills or tcell.max_kills, c.death_per_day / 1440.0, c.pd1_sensitivity))
+    car, recognition, kill, max_kills, death, pd1 = zip(*rows)
+    return {"car": xp.asarray(car, dtype=bool), "recognition": xp.asarray(recognition, dtype=np.float64),
+            "kill_per_min": xp.asarray(kill, dtype=np.float64) / 1440.0,
+            "max_kills": xp.asarray(max_kills, dtype=np.int64), "death_per_min": xp.asarray(death, dtype=np.float64),
+            "pd1_sensitivity": xp.asarray(pd1, dtype=np.float64)}
 
 
 def _effectors(world, params):
@@ -77,11 +116,12 @@ def tcell_recruitment(world, params, rng, intents) -> None:
         return
     c = world.fields["chemokine"].data.reshape(-1)[vessels].astype(np.float64)
     drive = params.priming * c / (c + p.recruitment_chemokine_half_max)
+    cols = new_cell(params.products)
     record_recruitment(world, intents, "tcell", p.recruitment_per_min * drive, rng, "tcell_recruited",
-                       is_treg=False, **NEW_CELL)
+                       is_treg=False, **cols)
     if p.treg_recruitment_per_min > 0:
         record_recruitment(world, intents, "tcell", p.treg_recruitment_per_min * drive,
-                           world.rng(params.stream("treg_recruitment")), "treg_recruited", is_treg=True, **NEW_CELL)
+                           world.rng(params.stream("treg_recruitment")), "treg_recruited", is_treg=True, **cols)
 
 
 def _pd1_axis_free(world, voxels, target_voxels) -> list:
@@ -183,13 +223,23 @@ def tcell_kill(world, params, rng, intents) -> None:
     pd1_free = _pd1_axis_free(world, here, tum["voxel"][target])
     alt_free = _alt_checkpoint_free(world, here)
     parts = suppression_components(world, params, here, pdl1, exhaustion, pd1_free=pd1_free, alt_free=alt_free)
+    q = tum["antigenicity"][target].astype(np.float64)
+    kill_per_min = p.kill_rate_per_day / 1440.0
+    if params.products:  # transferred cells: CAR recognition, own kill rate and PD-1 sensitivity
+        law = params.product_laws
+        product = t["product"][rows].astype(np.int64)
+        q = xp.where(law["car"][product], law["recognition"][product], q)
+        kill_per_min = law["kill_per_min"][product]
+        pd1_sensitivity = law["pd1_sensitivity"][product]
+        parts["pd1"] = parts["pd1"] * pd1_sensitivity
     keep = xp.ones(rows.shape[0], dtype=np.float64)
     for s in parts.values():
         keep = keep * (1.0 - s)
-    q = tum["antigenicity"][target].astype(np.float64)
-    p_kill = probability(p.kill_rate_per_day / 1440.0 * q * keep, world.dt_min, xp)
+    p_kill = probability(kill_per_min * q * keep, world.dt_min, xp)
     kill = rng.random(rows.shape[0]) < p_kill
     intents.kill("tumour", target[kill], "killed_tcell")
+    if params.products:
+        intents.note("transferred_kills", product[kill])
 
     engaged_all = xp.zeros(n, dtype=bool)
     engaged_all[rows] = True
@@ -201,6 +251,8 @@ def tcell_kill(world, params, rng, intents) -> None:
         signalling = pdl1  # PD-1 signalling; blockade of either side removes its share
         for free in pd1_free:
             signalling = signalling * free
+        if params.products:
+            signalling = signalling * pd1_sensitivity
         gain = p.exhaustion_per_engagement * (1.0 + signalling)
         if alt_free is not None:  # LAG-3/TIGIT blockade slows exhaustion
             gain = gain * (1.0 - params.effects.alt_checkpoint.exhaustion_relief * (1.0 - alt_free))
@@ -229,8 +281,19 @@ def tcell_death(world, params, rng, intents) -> None:
     if n == 0:
         return
     old = bernoulli_rows(rng, n, float(probability(1.0 / p.lifespan_min, world.dt_min, np)), world.xp)
-    intents.kill("tcell", old, "lifespan")
-    intents.kill("tcell", t["kills"] >= p.max_kills, "kill_limit")
+    if not params.products:
+        intents.kill("tcell", old, "lifespan")
+        intents.kill("tcell", t["kills"] >= p.max_kills, "kill_limit")
+        return
+    # Transferred cells die at their product's rate (own stream), endogenous ones at 1/lifespan as before.
+    xp, law, product = world.xp, params.product_laws, t["product"].astype(np.int64)
+    intents.kill("tcell", old[product[old] == 0], "lifespan")
+    rows = xp.nonzero(product > 0)[0]
+    if rows.shape[0]:
+        rate = law["death_per_min"][product[rows]]
+        u = world.rng(params.stream("transferred_death")).random(rows.shape[0])
+        intents.kill("tcell", rows[u < probability(rate, world.dt_min, xp)], "lifespan")
+    intents.kill("tcell", t["kills"] >= law["max_kills"][product], "kill_limit")
 
 
 RULES = {r.name: r for r in (tcell_secretion, tcell_recruitment, tcell_kill, tcell_move, tcell_death)}

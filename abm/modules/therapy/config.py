@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from abm.modules.therapy.cytotoxic_config import CytotoxicConfig, RadiationEffects
+from abm.modules.therapy.cellular_config import EpigeneticEffects
+from abm.modules.therapy.cytotoxic_config import CytotoxicConfig, PayloadConfig, RadiationEffects
 from abm.modules.therapy.library import class_defaults, library_entry, library_names
 from abm.schema import Fraction, NonNegative, Positive, Section
 
@@ -29,8 +30,10 @@ __all__ = [
 
 #: The targets a drug can bind, and the slug that names their occupancy lattice (``occupancy_<slug>``).
 TARGETS = {"PD-1": "pd1", "PD-L1": "pdl1", "CTLA-4": "ctla4", "LAG-3": "lag3", "TIGIT": "tigit", "VEGF": "vegf",
-           "TGF-β": "tgfb", "CSF-1R": "csf1r", "CXCR4": "cxcr4", "FAP": "fap", "LOX": "lox"}
-TargetName = Literal["PD-1", "PD-L1", "CTLA-4", "LAG-3", "TIGIT", "VEGF", "TGF-β", "CSF-1R", "CXCR4", "FAP", "LOX"]
+           "TGF-β": "tgfb", "CSF-1R": "csf1r", "CXCR4": "cxcr4", "FAP": "fap", "LOX": "lox", "DNMT1": "dnmt1",
+           "TROP2": "trop2"}
+TargetName = Literal["PD-1", "PD-L1", "CTLA-4", "LAG-3", "TIGIT", "VEGF", "TGF-β", "CSF-1R", "CXCR4", "FAP", "LOX",
+                     "DNMT1", "TROP2"]
 
 
 def target_slug(target: str) -> str:
@@ -140,7 +143,8 @@ class TissueConfig(Section):
 class DrugConfig(Section):
     """A drug: antibody, fusion protein, small molecule or chemotherapy, from a library preset and overrides."""
 
-    kind: Literal["antibody", "fusion_protein", "small_molecule", "chemotherapy"] = Field(description="Drug class.")
+    kind: Literal["antibody", "fusion_protein", "small_molecule", "chemotherapy", "antibody_drug_conjugate"] = Field(
+        description="Drug class.")
     preset: str | None = Field(default=None, description="Library entry whose values this drug starts from.")
     description: str = Field(default="", description="What the drug is.")
     route: Literal["iv", "oral", "sc"] = Field(default="iv", description="Route of administration.")
@@ -153,6 +157,10 @@ class DrugConfig(Section):
     )
     cytotoxic: CytotoxicConfig | None = Field(
         default=None, description="Kill law and immunogenic cell death of a chemotherapy (kind = 'chemotherapy' only)."
+    )
+    payload: PayloadConfig | None = Field(
+        default=None, description="Cytotoxic payload of an antibody-drug conjugate (kind = 'antibody_drug_conjugate' "
+        "only): kill law and immunogenic cell death."
     )
     schedule: ScheduleConfig = Field(description="The regimen.")
     pk: PKConfig = Field(description="Systemic PK.")
@@ -187,8 +195,9 @@ class DrugConfig(Section):
             base.pop("infusion_min", None)
             base.pop("sources", None)
             base.get("pk", {}).pop("sources", None)
-        if kind in ("antibody", "fusion_protein", "small_molecule", "chemotherapy"):
-            tissue = class_defaults({"fusion_protein": "antibody", "chemotherapy": "small_molecule"}.get(kind, kind))
+        if kind in ("antibody", "fusion_protein", "small_molecule", "chemotherapy", "antibody_drug_conjugate"):
+            tissue = class_defaults({"fusion_protein": "antibody", "chemotherapy": "small_molecule",
+                                     "antibody_drug_conjugate": "antibody"}.get(kind, kind))
             base = {**base, "tissue": {**tissue, **base.get("tissue", {})}}
         merged = dict(base)
         for key, value in data.items():
@@ -208,6 +217,10 @@ class DrugConfig(Section):
             raise ValueError(f"cytotoxic is for kind = 'chemotherapy', not '{self.kind}'")
         if self.kind != "chemotherapy" and not self.targets:
             raise ValueError(f"a drug of kind '{self.kind}' needs at least one target")
+        if self.kind == "antibody_drug_conjugate" and (self.payload is None or len(self.targets) != 1):
+            raise ValueError("an antibody-drug conjugate needs one target and a payload table (kill_max_per_day, ...)")
+        if self.kind != "antibody_drug_conjugate" and self.payload is not None:
+            raise ValueError(f"payload is for kind = 'antibody_drug_conjugate', not '{self.kind}'")
         return self
 
 
@@ -281,6 +294,7 @@ class EffectsConfig(Section):
     vegf: VEGFEffects = Field(default_factory=VEGFEffects)
     fap: FAPEffects = Field(default_factory=FAPEffects)
     radiation: RadiationEffects = Field(default_factory=RadiationEffects)
+    epigenetic: EpigeneticEffects = Field(default_factory=EpigeneticEffects)
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

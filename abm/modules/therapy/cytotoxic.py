@@ -1,4 +1,4 @@
-"""Cytotoxic therapies: chemotherapy kills cycling tumour cells (and T cells); radiotherapy kills by the LQ law.
+"""Cytotoxic therapies: chemotherapy and ADC payloads kill cycling tumour cells; radiotherapy kills by the LQ law.
 
 **Chemotherapy** (``[therapy.<name>] kind = "chemotherapy"``, rule ``chemotherapy``, behaviour phase). A tumour cell
 dies in a step with
@@ -18,6 +18,15 @@ cell, CAF, T cell and macrophage inside the course's region survives with the li
 
 (the Alper-Howard-Flanders oxygen modification, 1 when well oxygenated, 1/OER_max under anoxia); the doomed die
 at once (cause ``radiation``), not at their next mitosis.
+
+**Antibody-drug conjugate** (``kind = "antibody_drug_conjugate"``, rule ``adc_payload``, behaviour phase). The ADC
+binds its tumour-surface target (TROP2) like any antibody; a tumour cell dies in a step with
+
+    p = 1 - exp(-k_max θ_ADC w dt),   θ_ADC = (c/Kd) / (1 + Σⱼ cⱼ/Kdⱼ)
+
+θ_ADC the target's occupancy held by this ADC (its share when several drugs bind the target), ``w`` the cycling
+weight (the payloads, topoisomerase-I inhibitors, kill in S phase). Every tumour cell carries the target; other
+cells do not. Cause ``adc_<name>`` with the payload's ``icd_strength`` as immunogenicity.
 """
 
 from __future__ import annotations
@@ -27,8 +36,8 @@ import numpy as np
 from abm.engine.module import rule
 from abm.modules.common import hill, probability, ramp
 
-__all__ = ["RADIATED_TABLES", "Course", "chemotherapy", "lq_survival", "oxygen_modification", "radiation",
-           "region_mask"]
+__all__ = ["RADIATED_TABLES", "Course", "adc_payload", "bound_share", "chemotherapy", "cycling_weight", "lq_survival",
+           "oxygen_modification", "radiation", "region_mask"]
 
 #: The tables a fraction reaches, and the ``[effects.radiation]`` entry of their radiosensitivity.
 RADIATED_TABLES = ("tumour", "caf", "tcell", "macrophage")
@@ -77,7 +86,7 @@ class Course:
         return n
 
 
-def _cycling_weight(world, tumour, cells):
+def cycling_weight(world, tumour, cells):
     """Relative division rate of each tumour cell: the pO2 ramp of proliferation, 0 when contact-inhibited."""
     o2 = world.fields["oxygen"].data.reshape(-1).take(cells["voxel"]).astype(np.float64)
     r = ramp(o2, tumour.proliferation_o2_threshold_mmHg, tumour.proliferation_o2_saturation_mmHg, world.xp)
@@ -96,13 +105,39 @@ def chemotherapy(world, params, rng, intents) -> None:
         cells = world.tables["tumour"]
         if len(cells):
             effect = hill(level.take(cells["voxel"]).astype(np.float64), law.ec50_nM, law.hill, xp)
-            rate = law.kill_max_per_day / 1440.0 * effect * _cycling_weight(world, params.tumour, cells)
+            rate = law.kill_max_per_day / 1440.0 * effect * cycling_weight(world, params.tumour, cells)
             intents.kill("tumour", rng.random(len(cells)) < probability(rate, dt, xp), f"chemo_{name}")
         tcells = world.tables.get("tcell")
         if law.tcell_kill_max_per_day > 0 and tcells is not None and len(tcells):
             effect = hill(level.take(tcells["voxel"]).astype(np.float64), law.ec50_nM, law.hill, xp)
             rate = law.tcell_kill_max_per_day / 1440.0 * effect
             intents.kill("tcell", rng.random(len(tcells)) < probability(rate, dt, xp), "chemotherapy")
+
+
+def bound_share(world, binders, name: str, voxels):
+    """Occupancy of its target held by drug ``name`` at ``voxels``: (c/Kd) / (1 + Σⱼ cⱼ/Kdⱼ) over the binders."""
+    total = 0.0
+    own = None
+    for drug, kd in binders:
+        s = world.fields[drug].data.reshape(-1).take(voxels).astype(np.float64) / kd
+        total = total + s
+        if drug == name:
+            own = s
+    return own / (1.0 + total)
+
+
+@rule("adc_payload", "behaviour", needs=("field:oxygen",))
+def adc_payload(world, params, rng, intents) -> None:
+    """Record kills by ADC payloads: ``k_max θ_ADC w`` on cycling tumour cells, θ_ADC the ADC's bound share."""
+    xp, dt = world.xp, world.dt_min
+    cells = world.tables["tumour"]
+    for name, drug in params.adcs.items():
+        if drug.doses_given == 0 or len(cells) == 0:  # no drug yet: no draw either
+            continue
+        binders = params.tissue_binders[drug.slug]
+        theta = bound_share(world, binders, name, cells["voxel"])
+        rate = drug.cfg.payload.kill_max_per_day / 1440.0 * theta * cycling_weight(world, params.tumour, cells)
+        intents.kill("tumour", rng.random(len(cells)) < probability(rate, dt, xp), f"adc_{name}")
 
 
 @rule("radiation", "behaviour", needs=("field:oxygen",))

@@ -1,6 +1,7 @@
 """Config of the cytotoxic therapies: a chemotherapy drug's kill law, radiotherapy courses and radiosensitivity.
 
-``[therapy.<name>] kind = "chemotherapy"`` carries a ``cytotoxic`` table (:class:`CytotoxicConfig`); a course of
+``[therapy.<name>] kind = "chemotherapy"`` carries a ``cytotoxic`` table (:class:`CytotoxicConfig`), an antibody-drug
+conjugate a ``payload`` table (:class:`PayloadConfig`); a course of
 radiation is a named table ``[radiotherapy.<name>]`` (:class:`RadiotherapyConfig`); the linear-quadratic
 parameters of every cell type and the oxygen effect are global, ``[effects.radiation]``
 (:class:`RadiationEffects`). Laws, defaults and sources: docs/THERAPIES.md section 5.
@@ -14,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from abm.schema import NonNegative, Positive, Section
 
-__all__ = ["CytotoxicConfig", "LQConfig", "RadiationEffects", "RadiotherapyConfig", "RegionConfig"]
+__all__ = ["CytotoxicConfig", "LQConfig", "PayloadConfig", "RadiationEffects", "RadiotherapyConfig", "RegionConfig"]
 
 
 class CytotoxicConfig(Section):
@@ -31,6 +32,18 @@ class CytotoxicConfig(Section):
     )
     icd_strength: NonNegative = Field(
         default=0.0, description="Immunogenic cell death: extra antigen a tumour cell killed by the drug releases "
+        "toward priming, in units of its own antigenicity (dimensionless); 0: an ordinary death."
+    )
+
+
+class PayloadConfig(Section):
+    """Cytotoxic payload of an antibody-drug conjugate: kill rising with the ADC's bound share of its target."""
+
+    kill_max_per_day: NonNegative = Field(
+        description="Kill rate k_max of a fully cycling tumour cell whose target is fully bound by the ADC, 1/day."
+    )
+    icd_strength: NonNegative = Field(
+        default=0.0, description="Immunogenic cell death: extra antigen a tumour cell killed by the payload releases "
         "toward priming, in units of its own antigenicity (dimensionless); 0: an ordinary death."
     )
 

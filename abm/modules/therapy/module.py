@@ -1,4 +1,4 @@
-"""The therapy module: drugs, their PK, delivery, target occupancy; chemotherapy and radiotherapy courses.
+"""The therapy module: drugs, PK, delivery, target occupancy; chemo- and radiotherapy; cell therapies, vaccines.
 
 Per drug ``<name>`` (a table ``[therapy.<name>]``):
 
@@ -18,8 +18,12 @@ Per drug ``<name>`` (a table ``[therapy.<name>]``):
   FAP-targeting kills CAFs. Every other target acts where its mechanism lives, through
   :func:`abm.modules.common.blocked` (docs/THERAPIES.md lists the read points).
 - **Cytotoxic** (behaviour phase, :mod:`abm.modules.therapy.cytotoxic`): a chemotherapy kills cycling tumour cells
-  and, with lymphotoxicity, T cells; radiotherapy fractions kill every cell type by the linear-quadratic law at the
+  and, with lymphotoxicity, T cells; an antibody-drug conjugate kills cycling tumour cells by the share of their
+  target it binds; radiotherapy fractions kill every cell type by the linear-quadratic law at the
   oxygen-modified dose. Their tumour deaths are immunogenic (extra antigen toward priming).
+- **Cellular and immunising** (:mod:`abm.modules.therapy.cellular`): adoptive T-cell transfers infuse CAR-T or TIL
+  products (behaviour phase), vaccines add antigen to priming (systemic phase), and drugs binding DNMT1 restore
+  tumour antigenicity (update phase).
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, FieldSpec, LayerSpec, Readout, rule
 from abm.modules.base import BaseModule, Params
 from abm.modules.common import immunogenic_antigen, lesion_regions, probability
+from abm.modules.therapy.cellular import Infusions, adoptive_transfer, antigen_restoration, vaccination
 from abm.modules.therapy.config import target_slug
-from abm.modules.therapy.cytotoxic import RADIATED_TABLES, Course, chemotherapy, radiation, region_mask
+from abm.modules.therapy.cytotoxic import RADIATED_TABLES, Course, adc_payload, chemotherapy, radiation, region_mask
 from abm.modules.vasculature.module import supply
 from kernels.pk import compartment_model, propagate
 
@@ -170,11 +175,12 @@ def caf_depletion(world, params, rng, intents) -> None:
     intents.kill("caf", die, "depleted")
 
 
-RULES = {r.name: r for r in (pharmacokinetics, delivery, occupancy, treg_depletion, caf_depletion, chemotherapy,
-                             radiation)}
+RULES = {r.name: r for r in (vaccination, pharmacokinetics, delivery, occupancy, antigen_restoration, treg_depletion,
+                             caf_depletion, chemotherapy, adc_payload, radiation, adoptive_transfer)}
 
 #: Priorities of the therapy's causes of death per table (unique within a table across all modules); the
-#: chemotherapy causes of tumour cells take ``TUMOUR_CHEMO_PRIORITY + i`` for the i-th chemotherapy.
+#: chemotherapy causes of tumour cells take ``TUMOUR_CHEMO_PRIORITY + i`` for the i-th chemotherapy, the ADC causes
+#: the priorities after them.
 RADIATION_PRIORITY = {"tumour": 5, "caf": 2, "tcell": 5, "macrophage": 2}
 TUMOUR_CHEMO_PRIORITY = 6
 TCELL_CHEMO_PRIORITY = 4
@@ -191,7 +197,12 @@ class TherapyModule(BaseModule):
         """The module with the sections of ``config`` it reads."""
         drugs = {name: _Drug(name, d, config.patient) for name, d in config.therapy.items()}
         cytotoxic = {name: d for name, d in drugs.items() if d.cfg.kind == "chemotherapy"}
+        adcs = {name: d for name, d in drugs.items() if d.cfg.kind == "antibody_drug_conjugate"}
+        for d in adcs.values():
+            d.slug = target_slug(d.cfg.targets[0].target)
         courses = {name: Course(name, c) for name, c in config.radiotherapy.items()}
+        infusions = {name: Infusions(name, k, c) for k, (name, c) in enumerate(config.cell_therapy.items(), start=1)}
+        vaccines = {name: (v, v.dose_times_min()) for name, v in config.vaccine.items()}
         tissue_binders: dict[str, list] = {}
         plasma_binders: dict[str, list] = {}
         for name, d in drugs.items():
@@ -203,8 +214,9 @@ class TherapyModule(BaseModule):
         params = Params(drugs=drugs, tissue_binders=tissue_binders, plasma_binders=plasma_binders,
                         effects=config.effects, margin_um=config.immune.phenotype.margin_um,
                         doses_this_step={n: 0 for n in drugs}, configs=config.therapy, cytotoxic=cytotoxic,
-                        courses=courses, fractions_this_step={n: 0 for n in courses}, tumour=config.tumour,
-                        namespaced=namespaced)
+                        courses=courses, fractions_this_step={n: 0 for n in courses}, tumour=config.tumour, adcs=adcs,
+                        infusions=infusions, infusions_this_step={n: 0 for n in infusions}, vaccines=vaccines,
+                        vaccine_doses_this_step={n: 0 for n in vaccines}, namespaced=namespaced)
         return cls(params, list(RULES))
 
     def declare(self) -> Declaration:
@@ -234,14 +246,16 @@ class TherapyModule(BaseModule):
             + ([LayerSpec(SUSTAINED_VEGF, "-", "float", 0.0)] if "vegf" in p.tissue_binders else []),
             death_causes=[DeathCause("tcell", "depleted", 3, "treg_depleted"),
                           DeathCause("caf", "depleted", 1, "caf_depleted"), *causes],
-            rules=[pharmacokinetics, delivery,
+            rules=[*([vaccination] if p.vaccines else []), pharmacokinetics, delivery,
                    dataclasses.replace(occupancy, writes=tuple(f"layer:occupancy_{s}" for s in p.tissue_binders)
                                        + ((f"layer:{SUSTAINED_VEGF}",) if "vegf" in p.tissue_binders else ())),
+                   *([antigen_restoration] if "dnmt1" in p.tissue_binders else []),
                    treg_depletion, caf_depletion, *([chemotherapy] if p.cytotoxic else []),
-                   *([radiation] if p.courses else [])],
+                   *([adc_payload] if p.adcs else []),
+                   *([radiation] if p.courses else []), *([adoptive_transfer] if p.infusions else [])],
             readouts=readouts + [Readout("treg_depleted", "cells", "event", "Tregs depleted by anti-CTLA-4"),
                                  Readout("caf_depleted", "cells", "event", "CAFs killed by FAP-targeting"),
-                                 *cytotoxic_readouts],
+                                 *cytotoxic_readouts, *self._cellular_readouts()],
         )
 
     def _cytotoxic_declarations(self) -> tuple[list, list]:
@@ -251,6 +265,10 @@ class TherapyModule(BaseModule):
         for i, (name, d) in enumerate(p.cytotoxic.items()):
             causes.append(DeathCause("tumour", f"chemo_{name}", TUMOUR_CHEMO_PRIORITY + i, f"tumour_killed_by_{name}",
                                      immunogenicity=d.cfg.cytotoxic.icd_strength))
+            readouts.append(Readout(f"tumour_killed_by_{name}", "cells", "event", f"tumour cells killed by {name}"))
+        for j, (name, d) in enumerate(p.adcs.items(), start=TUMOUR_CHEMO_PRIORITY + len(p.cytotoxic)):
+            causes.append(DeathCause("tumour", f"adc_{name}", j, f"tumour_killed_by_{name}",
+                                     immunogenicity=d.cfg.payload.icd_strength))
             readouts.append(Readout(f"tumour_killed_by_{name}", "cells", "event", f"tumour cells killed by {name}"))
         if p.cytotoxic:
             causes.append(DeathCause("tcell", "chemotherapy", TCELL_CHEMO_PRIORITY, "tcell_killed_by_chemo"))
@@ -266,15 +284,30 @@ class TherapyModule(BaseModule):
                                          immunogenicity=icd if table == "tumour" else 0.0))
                 readouts.append(Readout(f"{table}_killed_by_radiation", "cells", "event",
                                         f"{table} cells killed by radiation"))
-        if p.cytotoxic or p.courses:
+        if p.cytotoxic or p.courses or p.adcs:
             readouts.append(Readout("antigen_icd_released", "-", "event",
                                     "extra antigen of immunogenic tumour-cell deaths in the step"))
         return causes, readouts
 
+    def _cellular_readouts(self) -> list:
+        """Readouts of the adoptive transfers and vaccines."""
+        p = self.params
+        out = [Readout(f"{name}_infused", "cells", "event", f"{name} T cells infused (admitted) in the step")
+               for name in p.infusions]
+        out += [Readout(f"doses_{name}", "infusions", "event", f"infusions of {name} given in the step")
+                for name in p.infusions]
+        out += [Readout(f"doses_{name}", "doses", "event", f"doses of vaccine {name} given in the step")
+                for name in p.vaccines]
+        if p.vaccines:
+            out.append(Readout("vaccine_antigen", "-", "event", "antigen delivered by vaccines in the step"))
+        return out
+
     def attach(self, world) -> None:
-        """The irradiated voxels of every course."""
+        """The irradiated voxels of every course and the entry region of every adoptive transfer."""
         for course in self.params.courses.values():
             course.mask = region_mask(world, course.cfg.region)
+        for inf in self.params.infusions.values():
+            inf.mask = region_mask(world, inf.cfg.region)
 
     def seed(self, world, rng) -> None:
         """Nothing in tissue at the start; doses follow their schedules."""
@@ -287,7 +320,13 @@ class TherapyModule(BaseModule):
         for name, n in p.fractions_this_step.items():
             events[f"doses_{name}"] = world.xp.asarray(float(n))
             events[f"dose_{name}_Gy"] = world.xp.asarray(n * p.courses[name].cfg.dose_Gy)
-        if p.cytotoxic or p.courses:
+        for name, n in p.infusions_this_step.items():
+            events[f"doses_{name}"] = world.xp.asarray(float(n))
+        for name, n in p.vaccine_doses_this_step.items():
+            events[f"doses_{name}"] = world.xp.asarray(float(n))
+        if p.vaccines:
+            events["vaccine_antigen"] = world.xp.asarray(world.systemic["vaccine_antigen"])
+        if p.cytotoxic or p.courses or p.adcs:
             extra = immunogenic_antigen(world, record.dead.get("tumour"))
             events["antigen_icd_released"] = extra if extra is not None else world.xp.zeros(())
 
@@ -331,6 +370,11 @@ class TherapyModule(BaseModule):
             pending = [t for t in c.times_min if t >= world.time_min]
             out[name] = {"fractions_given": c.fractions_given,
                          "pending_fraction_times_min": np.asarray(pending, np.float64)}
+        for name, inf in self.params.infusions.items():
+            pending = [t for t in inf.times_min if t >= world.time_min]
+            out[name] = {"infusions_given": inf.given, "pending_infusion_times_min": np.asarray(pending, np.float64)}
+        for name, (_, times) in self.params.vaccines.items():
+            out[name] = {"pending_dose_times_min": np.asarray([t for t in times if t >= world.time_min], np.float64)}
         return out
 
     def load_state(self, world, state: dict | None) -> None:
@@ -356,3 +400,14 @@ class TherapyModule(BaseModule):
                 raise ConfigError([f"radiotherapy.{name}: a fraction at day {past[0] / 1440:g} lies before the branch "
                                    f"at day {world.time_min / 1440:g}; a course added at a branch starts at or after "
                                    "it"])
+        for name, inf in self.params.infusions.items():
+            own = (state or {}).get(name)
+            if own is not None:
+                inf.given = int(own["infusions_given"])
+            elif any(t < world.time_min for t in inf.times_min):
+                raise ConfigError([f"cell_therapy.{name}: an infusion lies before the branch at day "
+                                   f"{world.time_min / 1440:g}; a product added at a branch starts at or after it"])
+        for name, (_, times) in self.params.vaccines.items():
+            if (state or {}).get(name) is None and any(t < world.time_min for t in times):
+                raise ConfigError([f"vaccine.{name}: a dose lies before the branch at day {world.time_min / 1440:g}; "
+                                   "a vaccine added at a branch starts at or after it"])
