@@ -18,10 +18,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from abm.modules.immune.config import ChemokineFieldConfig, IfngFieldConfig, ImmuneConfig
+from abm.modules.immune.config import Ccl2FieldConfig, ChemokineFieldConfig, IfngFieldConfig, ImmuneConfig
 from abm.modules.stroma.config import Cxcl12FieldConfig, TgfbFieldConfig, VegfFieldConfig
 from abm.modules.therapy.config import DrugConfig, EffectsConfig, PatientConfig, check_therapy_names
 from abm.modules.therapy.cytotoxic_config import RadiotherapyConfig
+from abm.modules.therapy.virus_config import VirusConfig
 from abm.modules.tumour.config import InitialTumourConfig, TumourConfig
 from abm.modules.vasculature.config import OxygenConfig, VesselsConfig
 from abm.schema import Positive, Section
@@ -90,6 +91,9 @@ class FieldsConfig(Section):
     cxcl12: Cxcl12FieldConfig = Field(  # type: ignore[valid-type]
         default_factory=Cxcl12FieldConfig, description="CXCL12-like T-cell retention signal of CAFs (a.u.)."
     )
+    ccl2: Ccl2FieldConfig = Field(  # type: ignore[valid-type]
+        default_factory=Ccl2FieldConfig, description="CCL2-like MDSC attractant (a.u.); only with immune.mdsc.enabled."
+    )
 
 
 class ResistanceConfig(Section):
@@ -108,8 +112,8 @@ class ResistanceConfig(Section):
         "cells stop killing."
     )
     suppressive_cells: bool = Field(
-        default=True, description="4. M2 macrophages (also through their PD-L1) and Tregs suppress effector "
-        "killing nearby."
+        default=True, description="4. M2 macrophages (also through their PD-L1), Tregs and MDSCs (when "
+        "immune.mdsc.enabled) suppress effector killing nearby."
     )
     hypoxia: bool = Field(
         default=True, description="5. Hypoxia suppresses T-cell killing and drives macrophages to M2."
@@ -180,12 +184,25 @@ class Config(Section):
         description="Radiotherapy courses as named tables [radiotherapy.<name>] (docs/THERAPIES.md); the name labels "
         "the course's readouts and state.",
     )
+    virus: dict[str, VirusConfig] = Field(
+        default_factory=dict,
+        description="An oncolytic virus as a named table [virus.<name>] (docs/THERAPIES.md); the name labels its "
+        "field, readouts and state. At most one per run.",
+    )
     effects: EffectsConfig = Field(default_factory=EffectsConfig)
 
-    @field_validator("therapy", "radiotherapy")
+    @field_validator("therapy", "radiotherapy", "virus")
     @classmethod
     def _therapy_names(cls, v: dict) -> dict:
         check_therapy_names(v)
+        return v
+
+    @field_validator("virus")
+    @classmethod
+    def _one_virus(cls, v: dict) -> dict:
+        if len(v) > 1:
+            raise ValueError(f"{len(v)} viruses ({', '.join(v)}): a run takes at most one [virus.<name>] (the tumour "
+                             "table has one infection clock)")
         return v
 
     @field_validator("name")
@@ -199,7 +216,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _geometry_consistent(self) -> Config:
         ndim = len(self.grid.shape)
-        for fname in ("oxygen", "chemokine", "ifng", "tgfb", "vegf", "cxcl12"):
+        for fname in ("oxygen", "chemokine", "ifng", "tgfb", "vegf", "cxcl12", "ccl2"):
             for face in getattr(self.fields, fname).boundary.faces:
                 if face.startswith("z") and ndim == 2:
                     raise ValueError(f"fields.{fname}.boundary.faces names '{face}' but the grid is 2-D")
@@ -210,13 +227,17 @@ class Config(Section):
                 )
         if self.vessels.angiogenesis and not self.immune.enabled:
             raise ValueError("vessels.angiogenesis needs the VEGF field: set immune.enabled = true")
-        clash = sorted(set(self.therapy) & set(self.radiotherapy))
+        names = [*self.therapy, *self.radiotherapy, *self.virus]
+        clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
-            raise ValueError(f"'{clash[0]}' names both a therapy and a radiotherapy course; names must be unique")
-        for name, course in self.radiotherapy.items():
-            for key, coords in course.region.coordinates():
+            raise ValueError(f"'{clash[0]}' names two of a therapy, a radiotherapy course and a virus; names must be "
+                             "unique")
+        regions = [("radiotherapy", n, c.region) for n, c in self.radiotherapy.items()]
+        regions += [("virus", n, v.region) for n, v in self.virus.items()]
+        for section, name, region in regions:
+            for key, coords in region.coordinates():
                 if len(coords) != ndim:
-                    raise ValueError(f"radiotherapy.{name}.region.{key} has {len(coords)} coordinates, the grid is "
+                    raise ValueError(f"{section}.{name}.region.{key} has {len(coords)} coordinates, the grid is "
                                      f"{ndim}-D")
         for name, drug in self.therapy.items():
             if drug.kind == "chemotherapy" and name in ("tcell", "macrophage", "radiation", "chemo"):

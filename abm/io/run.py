@@ -206,16 +206,17 @@ class RunFile:
         return parse_config(self.config_dict(), f"{self.path} (config_toml)")
 
     def therapies(self) -> list[dict]:
-        """The therapies of the run's config: one mapping per ``[therapy.<name>]``, then per ``[radiotherapy.<name>]``.
+        """The therapies of the run's config: per ``[therapy.<name>]``, ``[radiotherapy.<name>]``, ``[virus.<name>]``.
 
         Each mapping holds the table's keys (``kind``, ``preset``, ``schedule``, ...) with its ``name`` added, in
-        the order of the config; a radiotherapy course gets ``kind = "radiotherapy"``. Keys of ``[therapy]`` that
-        are not tables are settings of the therapy module, not therapies, and are left out. An empty list where
-        the config has no therapy.
+        the order of the config; a radiotherapy course gets ``kind = "radiotherapy"``, a virus
+        ``kind = "oncolytic_virus"``. Keys of ``[therapy]`` that are not tables are settings of the therapy module,
+        not therapies, and are left out. An empty list where the config has no therapy.
         """
         config = self.config_dict()
         out = []
-        for section, extra in (("therapy", {}), ("radiotherapy", {"kind": "radiotherapy"})):
+        for section, extra in (("therapy", {}), ("radiotherapy", {"kind": "radiotherapy"}),
+                               ("virus", {"kind": "oncolytic_virus"})):
             tables = config.get(section)
             if isinstance(tables, dict):
                 # The table's own name wins over a ``name`` key inside it: it is the one the config refers to.

@@ -20,6 +20,8 @@ Per drug ``<name>`` (a table ``[therapy.<name>]``):
 - **Cytotoxic** (behaviour phase, :mod:`abm.modules.therapy.cytotoxic`): a chemotherapy kills cycling tumour cells
   and, with lymphotoxicity, T cells; radiotherapy fractions kill every cell type by the linear-quadratic law at the
   oxygen-modified dose. Their tumour deaths are immunogenic (extra antigen toward priming).
+- **Oncolytic virus** (``[virus.<name>]``, :mod:`abm.modules.therapy.virus`): a virus field that infects tumour
+  cells, which lyse after an eclipse and release a burst of virus (at this module's commit); lysis is immunogenic.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from abm.modules.base import BaseModule, Params
 from abm.modules.common import immunogenic_antigen, lesion_regions, probability
 from abm.modules.therapy.config import target_slug
 from abm.modules.therapy.cytotoxic import RADIATED_TABLES, Course, chemotherapy, radiation, region_mask
+from abm.modules.therapy.virus import ANTIVIRAL, Virus, virus_exchange, virus_infection
 from abm.modules.vasculature.module import supply
 from kernels.pk import compartment_model, propagate
 
@@ -171,17 +174,19 @@ def caf_depletion(world, params, rng, intents) -> None:
 
 
 RULES = {r.name: r for r in (pharmacokinetics, delivery, occupancy, treg_depletion, caf_depletion, chemotherapy,
-                             radiation)}
+                             radiation, virus_exchange, virus_infection)}
 
 #: Priorities of the therapy's causes of death per table (unique within a table across all modules); the
 #: chemotherapy causes of tumour cells take ``TUMOUR_CHEMO_PRIORITY + i`` for the i-th chemotherapy.
 RADIATION_PRIORITY = {"tumour": 5, "caf": 2, "tcell": 5, "macrophage": 2}
 TUMOUR_CHEMO_PRIORITY = 6
+#: Priorities of the oncolytic virus's tumour causes: lysis, and killing of infected cells by antiviral immunity.
+TUMOUR_VIRUS_PRIORITY = {"lysis": 110, ANTIVIRAL: 111}
 TCELL_CHEMO_PRIORITY = 4
 
 
 class TherapyModule(BaseModule):
-    """Every ``[therapy.<name>]`` of the config."""
+    """Every ``[therapy.<name>]``, ``[radiotherapy.<name>]`` and ``[virus.<name>]`` of the config."""
 
     name = "therapy"
     seed_order = 4
@@ -204,7 +209,7 @@ class TherapyModule(BaseModule):
                         effects=config.effects, margin_um=config.immune.phenotype.margin_um,
                         doses_this_step={n: 0 for n in drugs}, configs=config.therapy, cytotoxic=cytotoxic,
                         courses=courses, fractions_this_step={n: 0 for n in courses}, tumour=config.tumour,
-                        namespaced=namespaced)
+                        viruses={name: Virus(name, v) for name, v in config.virus.items()}, namespaced=namespaced)
         return cls(params, list(RULES))
 
     def declare(self) -> Declaration:
@@ -228,21 +233,45 @@ class TherapyModule(BaseModule):
         for slug in p.plasma_binders:
             readouts.append(Readout(f"occupancy_{slug}_plasma", "-", "ratio", f"{slug} occupancy in plasma"))
         causes, cytotoxic_readouts = self._cytotoxic_declarations()
+        virus_causes, virus_readouts = self._virus_declarations()
+        for name, v in p.viruses.items():
+            fields.append(FieldSpec(name, "PFU/mL", v.cfg.diffusivity_um2_per_min,
+                                    math.log(2.0) / v.cfg.clearance_half_life_min, 0.0, _NOFLUX, ecm_hindered=True))
         return Declaration(
             fields=fields,
             layers=[LayerSpec(f"occupancy_{slug}", "-", "float", 0.0, as_field=True) for slug in p.tissue_binders]
             + ([LayerSpec(SUSTAINED_VEGF, "-", "float", 0.0)] if "vegf" in p.tissue_binders else []),
             death_causes=[DeathCause("tcell", "depleted", 3, "treg_depleted"),
-                          DeathCause("caf", "depleted", 1, "caf_depleted"), *causes],
+                          DeathCause("caf", "depleted", 1, "caf_depleted"), *causes, *virus_causes],
             rules=[pharmacokinetics, delivery,
                    dataclasses.replace(occupancy, writes=tuple(f"layer:occupancy_{s}" for s in p.tissue_binders)
                                        + ((f"layer:{SUSTAINED_VEGF}",) if "vegf" in p.tissue_binders else ())),
                    treg_depletion, caf_depletion, *([chemotherapy] if p.cytotoxic else []),
-                   *([radiation] if p.courses else [])],
+                   *([radiation] if p.courses else []),
+                   *([virus_exchange, virus_infection] if p.viruses else [])],
             readouts=readouts + [Readout("treg_depleted", "cells", "event", "Tregs depleted by anti-CTLA-4"),
                                  Readout("caf_depleted", "cells", "event", "CAFs killed by FAP-targeting"),
-                                 *cytotoxic_readouts],
+                                 *cytotoxic_readouts, *virus_readouts],
         )
+
+    def _virus_declarations(self) -> tuple[list, list]:
+        """Causes of death (lysis is immunogenic) and readouts of the oncolytic virus."""
+        causes, readouts = [], []
+        for name, v in self.params.viruses.items():
+            causes += [DeathCause("tumour", v.lysis_cause, TUMOUR_VIRUS_PRIORITY["lysis"], f"tumour_lysed_by_{name}",
+                                  immunogenicity=v.cfg.icd_strength),
+                       DeathCause("tumour", ANTIVIRAL, TUMOUR_VIRUS_PRIORITY[ANTIVIRAL], "infected_killed_by_immunity")]
+            readouts += [Readout(f"doses_{name}", "doses", "event", f"doses of {name} given in the step"),
+                         Readout(f"tumour_lysed_by_{name}", "cells", "event", f"tumour cells lysed by {name}"),
+                         Readout("infected_killed_by_immunity", "cells", "event",
+                                 "infected tumour cells killed by antiviral immunity before lysis"),
+                         Readout("infected_cells", "cells", "count", "tumour cells infected by the virus"),
+                         Readout(f"tumour_{name}_pfu_per_mL", "PFU/mL", "level",
+                                 f"mean {name} titre over tumour cells"),
+                         Readout(f"tissue_{name}_pfu", "PFU", "level", f"infectious {name} in the tissue")]
+            if v.cfg.route == "iv":
+                readouts.append(Readout(f"blood_{name}_pfu_per_mL", "PFU/mL", "level", f"{name} titre in blood"))
+        return causes, readouts
 
     def _cytotoxic_declarations(self) -> tuple[list, list]:
         """Causes of death (with their immunogenicity) and readouts of the chemotherapies and radiotherapy courses."""
@@ -266,29 +295,43 @@ class TherapyModule(BaseModule):
                                          immunogenicity=icd if table == "tumour" else 0.0))
                 readouts.append(Readout(f"{table}_killed_by_radiation", "cells", "event",
                                         f"{table} cells killed by radiation"))
-        if p.cytotoxic or p.courses:
+        if p.cytotoxic or p.courses or p.viruses:
             readouts.append(Readout("antigen_icd_released", "-", "event",
                                     "extra antigen of immunogenic tumour-cell deaths in the step"))
         return causes, readouts
 
     def attach(self, world) -> None:
-        """The irradiated voxels of every course."""
+        """The irradiated voxels of every course; the injected voxels and the voxel volume of every virus."""
         for course in self.params.courses.values():
             course.mask = region_mask(world, course.cfg.region)
+        for v in self.params.viruses.values():
+            v.mask = region_mask(world, v.cfg.region)
+            v.voxel_mL = world.spacing_um**3 * 1e-12
 
     def seed(self, world, rng) -> None:
         """Nothing in tissue at the start; doses follow their schedules."""
 
     def commit(self, world, record, intents, events: dict) -> None:
-        """Doses and fractions of the step, and the extra antigen of immunogenic deaths, as events."""
+        """Doses and fractions of the step, the virus bursts of lysed cells, the extra antigen of immunogenic deaths.
+
+        A lysed tumour cell adds ``burst_pfu / dx³`` to the virus field in its voxel (one cell per voxel: the
+        voxels are distinct).
+        """
         p = self.params
+        dead = record.dead.get("tumour")
+        for name, v in p.viruses.items():
+            events[f"doses_{name}"] = world.xp.asarray(float(v.doses_this_step))
+            if dead is not None:
+                codes, columns = dead
+                lysed = columns["voxel"][codes == world.death_codes["tumour"][v.lysis_cause]]
+                world.fields[name].data.reshape(-1)[lysed] += world.dtype.type(v.cfg.burst_pfu / v.voxel_mL)
         for name, n in p.doses_this_step.items():
             events[f"doses_{name}"] = world.xp.asarray(float(n))
         for name, n in p.fractions_this_step.items():
             events[f"doses_{name}"] = world.xp.asarray(float(n))
             events[f"dose_{name}_Gy"] = world.xp.asarray(n * p.courses[name].cfg.dose_Gy)
-        if p.cytotoxic or p.courses:
-            extra = immunogenic_antigen(world, record.dead.get("tumour"))
+        if p.cytotoxic or p.courses or p.viruses:
+            extra = immunogenic_antigen(world, dead)
             events["antigen_icd_released"] = extra if extra is not None else world.xp.zeros(())
 
     def derive(self, values: dict) -> None:
@@ -314,13 +357,21 @@ class TherapyModule(BaseModule):
                     out[f"occupancy_{slug}_{region}"] = layer[mask].astype(np.float64).sum() / xp.maximum(count, 1)
         for slug in self.params.plasma_binders:
             out[f"occupancy_{slug}_plasma"] = xp.asarray(world.systemic.get(f"occupancy_{slug}_plasma", 0.0))
+        for name, v in self.params.viruses.items():
+            titre = world.fields[name].data
+            out[f"tumour_{name}_pfu_per_mL"] = titre.reshape(-1).take(vox).astype(np.float64).sum() / n
+            out[f"tissue_{name}_pfu"] = titre.astype(np.float64).sum() * v.voxel_mL
+            out["infected_cells"] = xp.count_nonzero(world.tables["tumour"]["infection_min"] >= 0)
+            if v.cfg.route == "iv":
+                out[f"blood_{name}_pfu_per_mL"] = xp.asarray(v.blood_pfu_per_mL(world.time_min, world.dt_min))
         return out
 
     def state(self, world) -> dict:
-        """Per drug and per radiotherapy course, what a restart needs and a reader may want.
+        """Per drug, radiotherapy course and virus, what a restart needs and a reader may want.
 
         A drug: compartment amounts (mg), doses given, the start times of the doses still to come. A course:
-        fractions given and the times of the fractions still to come.
+        fractions given and the times of the fractions still to come. A virus: doses given and the times of the doses
+        still to come (its blood titre follows from the dose times; the virus in tissue is its field).
         """
         out = {}
         for name, d in self.params.drugs.items():
@@ -331,10 +382,13 @@ class TherapyModule(BaseModule):
             pending = [t for t in c.times_min if t >= world.time_min]
             out[name] = {"fractions_given": c.fractions_given,
                          "pending_fraction_times_min": np.asarray(pending, np.float64)}
+        for name, v in self.params.viruses.items():
+            pending = [t for t in v.times_min if t >= world.time_min]
+            out[name] = {"doses_given": v.doses_given, "pending_dose_times_min": np.asarray(pending, np.float64)}
         return out
 
     def load_state(self, world, state: dict | None) -> None:
-        """Restore the compartments; a drug new at a branch starts empty and may not have doses before it."""
+        """Restore the compartments and counters; a therapy new at a branch may not have doses before it."""
         for name, d in self.params.drugs.items():
             own = (state or {}).get(name)
             if own is not None:
@@ -356,3 +410,12 @@ class TherapyModule(BaseModule):
                 raise ConfigError([f"radiotherapy.{name}: a fraction at day {past[0] / 1440:g} lies before the branch "
                                    f"at day {world.time_min / 1440:g}; a course added at a branch starts at or after "
                                    "it"])
+        for name, v in self.params.viruses.items():
+            own = (state or {}).get(name)
+            if own is not None:
+                v.doses_given = int(own["doses_given"])
+                continue
+            past = [t for t in v.times_min if t < world.time_min]
+            if past:
+                raise ConfigError([f"virus.{name}: a dose at day {past[0] / 1440:g} lies before the branch at day "
+                                   f"{world.time_min / 1440:g}; a virus added at a branch starts at or after it"])
