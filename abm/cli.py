@@ -288,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--until", type=_time_min, metavar="T2",
                     help="end time (minutes or with a unit); default the config's duration")
     sp.add_argument("--therapy-file", metavar="FILE",
-                    help="TOML with [therapy.<name>] and [radiotherapy.<name>] tables (and optionally [patient], "
-                    "[effects]) added to the branch; a therapy of the same name replaces the parent's")
+                    help="TOML with [therapy.<name>], [radiotherapy.<name>] and [virus.<name>] tables (and optionally "
+                    "[patient], [effects]) added to the branch; a therapy of the same name replaces the parent's")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="change a config value for the branch (TOML syntax); repeatable")
     sp.add_argument("--backend", choices=["numpy", "cupy", "auto"],

@@ -18,11 +18,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from abm.modules.immune.config import ChemokineFieldConfig, IfngFieldConfig, ImmuneConfig
+from abm.modules.immune.config import Ccl2FieldConfig, ChemokineFieldConfig, IfngFieldConfig, ImmuneConfig
 from abm.modules.stroma.config import Cxcl12FieldConfig, TgfbFieldConfig, VegfFieldConfig
 from abm.modules.therapy.cellular_config import CellTherapyConfig, VaccineConfig
 from abm.modules.therapy.config import DrugConfig, EffectsConfig, PatientConfig, check_therapy_names
 from abm.modules.therapy.cytotoxic_config import RadiotherapyConfig
+from abm.modules.therapy.virus_config import VirusConfig
 from abm.modules.tumour.config import InitialTumourConfig, TumourConfig
 from abm.modules.vasculature.config import OxygenConfig, VesselsConfig
 from abm.schema import Positive, Section
@@ -91,6 +92,9 @@ class FieldsConfig(Section):
     cxcl12: Cxcl12FieldConfig = Field(  # type: ignore[valid-type]
         default_factory=Cxcl12FieldConfig, description="CXCL12-like T-cell retention signal of CAFs (a.u.)."
     )
+    ccl2: Ccl2FieldConfig = Field(  # type: ignore[valid-type]
+        default_factory=Ccl2FieldConfig, description="CCL2-like MDSC attractant (a.u.); only with immune.mdsc.enabled."
+    )
 
 
 class ResistanceConfig(Section):
@@ -109,8 +113,8 @@ class ResistanceConfig(Section):
         "cells stop killing."
     )
     suppressive_cells: bool = Field(
-        default=True, description="4. M2 macrophages (also through their PD-L1) and Tregs suppress effector "
-        "killing nearby."
+        default=True, description="4. M2 macrophages (also through their PD-L1), Tregs and MDSCs (when "
+        "immune.mdsc.enabled) suppress effector killing nearby."
     )
     hypoxia: bool = Field(
         default=True, description="5. Hypoxia suppresses T-cell killing and drives macrophages to M2."
@@ -191,12 +195,25 @@ class Config(Section):
         description="Cancer vaccines as named tables [vaccine.<name>] (docs/THERAPIES.md): antigen doses toward "
         "priming. Needs immune.enabled.",
     )
+    virus: dict[str, VirusConfig] = Field(
+        default_factory=dict,
+        description="An oncolytic virus as a named table [virus.<name>] (docs/THERAPIES.md); the name labels its "
+        "field, readouts and state. At most one per run.",
+    )
     effects: EffectsConfig = Field(default_factory=EffectsConfig)
 
-    @field_validator("therapy", "radiotherapy", "cell_therapy", "vaccine")
+    @field_validator("therapy", "radiotherapy", "cell_therapy", "vaccine", "virus")
     @classmethod
     def _therapy_names(cls, v: dict) -> dict:
         check_therapy_names(v)
+        return v
+
+    @field_validator("virus")
+    @classmethod
+    def _one_virus(cls, v: dict) -> dict:
+        if len(v) > 1:
+            raise ValueError(f"{len(v)} viruses ({', '.join(v)}): a run takes at most one [virus.<name>] (the tumour "
+                             "table has one infection clock)")
         return v
 
     @field_validator("name")
@@ -210,7 +227,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _geometry_consistent(self) -> Config:
         ndim = len(self.grid.shape)
-        for fname in ("oxygen", "chemokine", "ifng", "tgfb", "vegf", "cxcl12"):
+        for fname in ("oxygen", "chemokine", "ifng", "tgfb", "vegf", "cxcl12", "ccl2"):
             for face in getattr(self.fields, fname).boundary.faces:
                 if face.startswith("z") and ndim == 2:
                     raise ValueError(f"fields.{fname}.boundary.faces names '{face}' but the grid is 2-D")
@@ -221,13 +238,13 @@ class Config(Section):
                 )
         if self.vessels.angiogenesis and not self.immune.enabled:
             raise ValueError("vessels.angiogenesis needs the VEGF field: set immune.enabled = true")
-        sections = ("therapy", "radiotherapy", "cell_therapy", "vaccine")
+        sections = ("therapy", "radiotherapy", "cell_therapy", "vaccine", "virus")
         for i, a in enumerate(sections):
             for b in sections[i + 1:]:
                 clash = sorted(set(getattr(self, a)) & set(getattr(self, b)))
                 if clash:
                     raise ValueError(f"'{clash[0]}' names both a {a} and a {b} table; names must be unique")
-        for section in ("radiotherapy", "cell_therapy"):
+        for section in ("radiotherapy", "cell_therapy", "virus"):
             for name, course in getattr(self, section).items():
                 for key, coords in course.region.coordinates():
                     if len(coords) != ndim:

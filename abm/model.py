@@ -2,9 +2,9 @@
 
 :class:`Simulation` is :class:`abm.engine.Simulation` assembled from a :class:`abm.config.Config`: the tumour and
 vasculature modules always, the stroma and immune modules with ``immune.enabled``, the therapy module when the
-config has a ``[therapy.<name>]``, ``[radiotherapy.<name>]``, ``[cell_therapy.<name>]`` or ``[vaccine.<name>]``
-table. Rules run in the registry
-order :data:`MODULE_ORDER`, then each module's canonical rule order.
+config has a ``[therapy.<name>]``, ``[radiotherapy.<name>]``, ``[cell_therapy.<name>]``, ``[vaccine.<name>]``
+or ``[virus.<name>]`` table. Rules run in the registry order :data:`MODULE_ORDER`, then each module's canonical
+rule order.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _MODULES = {"tumour": TumourModule, "stroma": StromaModule, "immune": ImmuneModu
 def enabled_modules(config) -> list[str]:
     """Names of the modules ``config`` switches on, in registry order."""
     on = {"tumour", "vasculature"} | ({"stroma", "immune"} if config.immune.enabled else set())
-    if config.therapy or config.radiotherapy or config.cell_therapy or config.vaccine:
+    if config.therapy or config.radiotherapy or config.cell_therapy or config.vaccine or config.virus:
         on.add("therapy")
     return [name for name in MODULE_ORDER if name in on]
 

@@ -27,7 +27,7 @@ __all__ = ["default_replay_dir", "replay_run"]
 
 
 def _read_therapy_file(path) -> dict:
-    """The tables of a therapy file; only ``therapy``, ``radiotherapy``, ``patient`` and ``effects`` are allowed."""
+    """The tables of a therapy file; only ``therapy``, ``radiotherapy``, ``virus``, ``patient`` and ``effects``."""
     import tomllib
 
     from abm.config import ConfigError
@@ -39,10 +39,10 @@ def _read_therapy_file(path) -> dict:
         raise ConfigError([f"no such file: {path}"], str(path)) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
-    unknown = sorted(set(data) - {"therapy", "radiotherapy", "patient", "effects"})
+    unknown = sorted(set(data) - {"therapy", "radiotherapy", "virus", "patient", "effects"})
     if unknown:
         raise ConfigError([f"{', '.join(unknown)}: a therapy file holds only [therapy.<name>], "
-                           "[radiotherapy.<name>], [patient] and [effects] tables"], str(path))
+                           "[radiotherapy.<name>], [virus.<name>], [patient] and [effects] tables"], str(path))
     return data
 
 
@@ -116,8 +116,9 @@ def replay_run(
     if therapy_file is not None:
         extra = _read_therapy_file(therapy_file)
         data.setdefault("therapy", {}).update(extra.get("therapy", {}))
-        if "radiotherapy" in extra:
-            data.setdefault("radiotherapy", {}).update(extra["radiotherapy"])
+        for section in ("radiotherapy", "virus"):
+            if section in extra:
+                data.setdefault(section, {}).update(extra[section])
         for key in ("patient", "effects"):
             if key in extra:
                 data[key] = {**data.get(key, {}), **extra[key]}

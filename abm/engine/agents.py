@@ -26,11 +26,15 @@ class Column:
         Physical unit, or ``"-"`` for dimensionless and ``"flag"`` for booleans.
     description : str
         What the column holds.
+    fill : float or None
+        Value of rows appended without this column and of a snapshot that lacks it (a column a module adds only
+        in some runs, such as the tumour's infection clock); ``None``: the column must always be given.
     """
 
     dtype: str
     unit: str
     description: str
+    fill: float | None = None
 
 
 class AgentTable:
@@ -79,11 +83,15 @@ class AgentTable:
         xp = self.xp
         if appended:
             missing = set(self.schema) - set(appended)
-            if missing:
-                raise ValueError(f"append is missing column(s) {', '.join(sorted(missing))}")
+            unfilled = sorted(c for c in missing if self.schema[c].fill is None)
+            if unfilled:
+                raise ValueError(f"append is missing column(s) {', '.join(unfilled)}")
             lengths = {int(v.shape[0]) for v in appended.values()}
             if len(lengths) != 1:
                 raise ValueError(f"append got columns of different lengths {sorted(lengths)}")
+            n = lengths.pop()
+            appended = {**appended, **{c: xp.full(n, self.schema[c].fill, dtype=self.schema[c].dtype)
+                                       for c in missing}}
         for name, col in self.schema.items():
             kept = self.columns[name] if mask is None else self.columns[name][mask]
             if appended:
@@ -95,9 +103,17 @@ class AgentTable:
         return {name: to_host(arr) for name, arr in self.columns.items()}
 
     def load(self, columns: dict[str, np.ndarray]) -> None:
-        """Replace the table's contents with host columns (for a restart); every column must be present."""
+        """Replace the table's contents with host columns (for a restart).
+
+        Every column must be present, except those with a ``fill`` value, which take it where the snapshot lacks them.
+        """
         missing = set(self.schema) - set(columns)
-        if missing:
-            raise ValueError(f"snapshot lacks column(s) {', '.join(sorted(missing))}")
+        unfilled = sorted(c for c in missing if self.schema[c].fill is None)
+        if unfilled:
+            raise ValueError(f"snapshot lacks column(s) {', '.join(unfilled)}")
+        n = len(next(iter(columns.values()))) if columns else 0
         for name, col in self.schema.items():
-            self.columns[name] = self.xp.asarray(columns[name], dtype=col.dtype)
+            if name in missing:
+                self.columns[name] = self.xp.full(n, col.fill, dtype=col.dtype)
+            else:
+                self.columns[name] = self.xp.asarray(columns[name], dtype=col.dtype)

@@ -206,18 +206,18 @@ class RunFile:
         return parse_config(self.config_dict(), f"{self.path} (config_toml)")
 
     def therapies(self) -> list[dict]:
-        """The therapies of the config: one mapping per table of [therapy], [radiotherapy], [cell_therapy], [vaccine].
+        """The therapies of the config: one mapping per [therapy], [radiotherapy], [cell_therapy], [vaccine], [virus].
 
         Each mapping holds the table's keys (``kind``, ``preset``, ``schedule``, ...) with its ``name`` added, in
         the order of the config; a radiotherapy course gets ``kind = "radiotherapy"``, a vaccine
-        ``kind = "vaccine"`` (a cell therapy has its own ``kind``, ``car_t`` or ``til``). Keys of ``[therapy]`` that
-        are not tables are settings of the therapy module, not therapies, and are left out. An empty list where
-        the config has no therapy.
+        ``kind = "vaccine"``, a virus ``kind = "oncolytic_virus"`` (a cell therapy has its own ``kind``, ``car_t``
+        or ``til``). Keys of ``[therapy]`` that are not tables are settings of the therapy module, not therapies,
+        and are left out. An empty list where the config has no therapy.
         """
         config = self.config_dict()
         out = []
         for section, extra in (("therapy", {}), ("radiotherapy", {"kind": "radiotherapy"}), ("cell_therapy", {}),
-                               ("vaccine", {"kind": "vaccine"})):
+                               ("vaccine", {"kind": "vaccine"}), ("virus", {"kind": "oncolytic_virus"})):
             tables = config.get(section)
             if isinstance(tables, dict):
                 # The table's own name wins over a ``name`` key inside it: it is the one the config refers to.

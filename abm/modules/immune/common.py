@@ -38,11 +38,12 @@ def motility_factor(world, params, voxels, cxcl12_retention: float = 0.0, cxcl12
 
 
 def record_walk(world, intents, table: str, speed_um_per_min: float, sensitivity: float, half_max: float, rng,
-                capacity: int, motility=None) -> None:
+                capacity: int, motility=None, attractant: str = "chemokine") -> None:
     """Record a chemokine-biased random step for the agents of ``table``.
 
     A cell tries to move with probability ``min(1, speed dt / dx) x motility``; it picks a Moore neighbour with
-    room in the immune layer, weighted by :func:`kernels.chemotaxis.chemotaxis_weights` on the chemokine field.
+    room in the immune layer, weighted by :func:`kernels.chemotaxis.chemotaxis_weights` on the ``attractant``
+    field (the chemokine unless named; MDSCs follow CCL2).
     """
     xp = world.xp
     agents = world.tables[table]
@@ -61,7 +62,7 @@ def record_walk(world, intents, table: str, speed_um_per_min: float, sensitivity
     flat, inside = world.moore.neighbours(here)
     room = world.counts("immune").take(flat) < capacity
     allowed = inside & room
-    chem = world.fields["chemokine"].data.reshape(-1)
+    chem = world.fields[attractant].data.reshape(-1)
     logw = chemotaxis_weights(chem.take(here), chem.take(flat), allowed, sensitivity, half_max)
     choice, possible = sample_choice(logw, rng.random(here.shape[0]))
     intents.move(table, rows[possible], pick(flat, choice)[possible])
@@ -103,7 +104,7 @@ def adjacent_tumour_cell(world, voxels, uniforms):
 
 
 def counts_near(world, kind: str, window, voxels):
-    """How many ``kind`` cells (``"m2"`` or ``"treg"``) have each of ``voxels`` within their ``window``.
+    """How many ``kind`` cells (``"m2"``, ``"treg"`` or ``"mdsc"``) have each of ``voxels`` within their ``window``.
 
     Each suppressor adds its (symmetric) window onto a persistent all-zero count grid; the asking voxels
     gather one value each and the touched entries are zeroed again. Suppressors are few, so the cost follows
@@ -117,6 +118,8 @@ def counts_near(world, kind: str, window, voxels):
     if kind == "m2":
         m = world.tables["macrophage"]
         vox = m["voxel"][m["state"] == M2]
+    elif kind == "mdsc":
+        vox = world.tables["mdsc"]["voxel"]
     else:
         t = world.tables["tcell"]
         vox = t["voxel"][t["is_treg"]]

@@ -11,9 +11,12 @@ from abm.schema import Fraction, NonNegative, Positive, Section, check_names, so
 
 __all__ = [
     "ChemokineFieldConfig",
+    "Ccl2FieldConfig",
     "IfngFieldConfig",
     "ImmuneConfig",
     "MACROPHAGE_RULES",
+    "MDSCConfig",
+    "MDSC_RULES",
     "MacrophageConfig",
     "PhenotypeConfig",
     "TCELL_RULES",
@@ -24,10 +27,15 @@ ChemokineFieldConfig = solute(
     "chemokine", "a.u.", 1000.0, 0.016, "PhysiCell immunostimulatory factor", "PhysiCell; 250 µm length"
 )
 IfngFieldConfig = solute("ifng", "ng/mL", 6000.0, 0.00385, "spQSP: 1e-6 cm²/s", "spQSP: half-life ~3 h, ln2/180 min")
+Ccl2FieldConfig = solute(
+    "ccl2", "a.u.", 1000.0, 0.016, "model choice: the chemokine field's PhysiCell value (CCL2 is a chemokine of "
+    "the same size, ~8.6 kDa mature)", "model choice: the chemokine field's PhysiCell value, 250 µm length"
+)
 
 TCELL_RULES = ("tcell_secretion", "tcell_recruitment", "tcell_kill", "tcell_move", "tcell_death")
 MACROPHAGE_RULES = ("macrophage_secretion", "macrophage_recruitment", "macrophage_polarisation", "macrophage_kill",
                     "macrophage_move", "macrophage_death")
+MDSC_RULES = ("mdsc_ccl2_secretion", "mdsc_recruitment", "mdsc_move", "mdsc_death")
 
 
 class TCellConfig(Section):
@@ -194,6 +202,75 @@ class MacrophageConfig(Section):
 
 
 
+class MDSCConfig(Section):
+    """Myeloid-derived suppressor cells: recruited on a CCL2-like signal, suppress effector T cells nearby."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Simulate MDSCs (the mdsc table and the ccl2 field) when the immune layer is on. Off by default, "
+        "so configs without this key give the numbers they gave before MDSCs existed.",
+    )
+    rules: list[str] = Field(
+        default=list(MDSC_RULES), description=f"MDSC rules switched on, any of {', '.join(MDSC_RULES)}."
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, v: list[str]) -> list[str]:
+        return check_names(v, MDSC_RULES, "MDSC rule")
+
+    ccl2_secretion: NonNegative = Field(
+        default=0.1, description="CCL2 secretion of a normoxic tumour cell, a.u./min. Model choice: the "
+        "CXCL9/10-like chemokine's rate."
+    )
+    ccl2_hypoxia_boost: NonNegative = Field(
+        default=3.0, description="Fold increase of CCL2 secretion of a fully hypoxic (0 mmHg) tumour cell, falling "
+        "linearly to 0 at ccl2_hypoxia_threshold_mmHg (dimensionless). Model choice: hypoxia (HIF-1α) raises CCL2 and "
+        "MDSC recruitment (Corzo 2010 J Exp Med 207:2439; Chiu 2017 Nat Commun 8:517; both UNVERIFIED, recalled)."
+    )
+    ccl2_hypoxia_threshold_mmHg: Positive = Field(
+        default=10.0, description="pO2 below which CCL2 secretion rises, mmHg (HP10, the tumour module's hypoxic "
+        "cut-off; McKeown 2014 Br J Radiol)."
+    )
+    recruitment_per_min: NonNegative = Field(
+        default=1.0e-3, description="Maximal MDSC recruitment per vessel voxel, 1/min, times CCL2/(CCL2 + half-max) "
+        "and perfusion. Model choice: ten times the macrophage value, since MDSCs expand in the blood of "
+        "tumour-bearing hosts (Gabrilovich & Nagaraj 2009 Nat Rev Immunol 9:162); gives ~50-170 MDSCs per mm² in "
+        "the 400 µm scenario nodule within 2-3 days."
+    )
+    ccl2_half_max: Positive = Field(
+        default=0.5, description="CCL2 giving half-maximal recruitment and the gradient scale of the walk, a.u. "
+        "Model choice (the chemokine value)."
+    )
+    monocytic_fraction: Fraction = Field(
+        default=0.5, description="Share φ of recruitment through the monocytic (M-MDSC, CCR2) route; the rest "
+        "(PMN-MDSC) enters through CXCR2 (dimensionless). CCR2 blockade scales the first share, CXCR2 blockade the "
+        "second. Model choice: PMN-MDSCs are the majority in most mouse tumour models (Youn 2008 J Immunol "
+        "181:5791, UNVERIFIED), M-MDSCs dominate CCL2-rich tumours; 0.5 takes neither side."
+    )
+    speed_um_per_min: NonNegative = Field(
+        default=1.0, description="Migration speed, µm/min. Model choice: the macrophage value."
+    )
+    chemotaxis_sensitivity: NonNegative = Field(
+        default=5.0, description="Bias of the walk up the CCL2 gradient (dimensionless; 0 = unbiased). Model "
+        "choice: the T-cell value."
+    )
+    lifespan_min: Positive = Field(
+        default=2880.0, description="Mean lifespan in the tumour, min (death rate 1/lifespan): 2 days. Model choice: "
+        "tumour MDSCs turn over within days (Condamine 2014 J Clin Invest 124:2626, UNVERIFIED)."
+    )
+    suppression: Fraction = Field(
+        default=0.5, description="Maximal suppression σ_MDSC of effector killing (dimensionless), reached at "
+        "saturation_count MDSCs in the effector's Moore neighbourhood (itself included). Model choice: arginase-1, "
+        "iNOS and ROS suppress T cells on contact (Gabrilovich & Nagaraj 2009 Nat Rev Immunol 9:162)."
+    )
+    saturation_count: Positive = Field(
+        default=2.0, description="MDSCs in the Moore neighbourhood at which suppression saturates, K in "
+        "σ min(1, n/K) (cells). Model choice: in vitro MDSC:T-cell ratios of 1:1-1:2 suppress proliferation "
+        "strongly (Gabrilovich & Nagaraj 2009)."
+    )
+
+
 class PhenotypeConfig(Section):
     """Immune-phenotype readout from CD8 density in tumour core, invasive margin and stroma."""
 
@@ -262,6 +339,7 @@ class ImmuneConfig(Section):
     )
     tcell: TCellConfig = Field(default_factory=TCellConfig)
     macrophage: MacrophageConfig = Field(default_factory=MacrophageConfig)
+    mdsc: MDSCConfig = Field(default_factory=MDSCConfig)
     caf: CAFConfig = Field(default_factory=CAFConfig)
     ecm: ECMConfig = Field(default_factory=ECMConfig)
     phenotype: PhenotypeConfig = Field(default_factory=PhenotypeConfig)

@@ -5,7 +5,8 @@ Rules (each switchable through ``immune.macrophage.rules``):
 ``macrophage_secretion`` (exchange)
     M1 secrete chemokine; M2 secrete TGF-β and VEGF.
 ``macrophage_recruitment`` (behaviour)
-    Each vessel voxel recruits an M0 macrophage with rate ``r c/(c + K) perfusion``.
+    Each vessel voxel recruits an M0 macrophage with rate ``r c/(c + K) perfusion``, times ``1 - θ`` of CSF-1R
+    and of CCR2 blockade at the vessel.
 ``macrophage_polarisation`` (update)
     M0 -> M1 at ``r1 max(IFN-γ/(IFN-γ + K), debris)`` (debris: a necrotic voxel in the Moore neighbourhood);
     M0/M1 -> M2 at ``r_base + (r_max - r_base) (1 - Hill(pO2; 5 mmHg, 8)) + r_tgfb TGF-β/(TGF-β + K)``
@@ -70,6 +71,9 @@ def macrophage_recruitment(world, params, rng, intents) -> None:
     c = world.fields["chemokine"].data.reshape(-1)[vessels].astype(np.float64)
     rate = p.recruitment_per_min * c / (c + p.recruitment_chemokine_half_max)
     theta = blocked(world, "csf1r", vessels)  # CSF-1R blockade: fewer monocytes enter
+    if theta is not None:
+        rate = rate * (1.0 - theta)
+    theta = blocked(world, "ccr2", vessels)  # CCR2 blockade: fewer monocytes answer CCL2
     if theta is not None:
         rate = rate * (1.0 - theta)
     record_recruitment(world, intents, "macrophage", rate, rng, "macrophage_recruited", state=M0, age_min=0.0)

@@ -1,7 +1,8 @@
-"""The immune module: CD8 T cells, Tregs and macrophages in the immune layer, lymph-node priming, phenotype.
+"""The immune module: CD8 T cells, Tregs, macrophages and MDSCs in the immune layer, priming, phenotype.
 
 Owns the ``tcell`` and ``macrophage`` tables on the ``immune`` capacity layer (``immune.immune_capacity``
-places per voxel), the ``chemokine`` and ``ifng`` fields, the deaths of tumour cells killed by T cells and
+places per voxel), with ``immune.mdsc.enabled`` also the ``mdsc`` table and the ``ccl2`` field; the
+``chemokine`` and ``ifng`` fields, the deaths of tumour cells killed by T cells and
 macrophages, the T-cell and macrophage rules, priming (state ``state/immune/priming``) and the infiltration
 and phenotype readouts.
 
@@ -22,7 +23,7 @@ from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, Readout, TableSpec
 from abm.modules.base import BaseModule, Params
 from abm.modules.common import immunogenic_antigen, initial_region, lesion_regions, solute_spec
-from abm.modules.immune import macrophage, tcell
+from abm.modules.immune import macrophage, mdsc, tcell
 from abm.modules.immune.common import M0, M1, M2
 from kernels.lattice import Stencil, cube_offsets, scatter_count
 
@@ -31,8 +32,16 @@ __all__ = ["PHENOTYPE_CODES", "ImmuneModule"]
 #: Immune-phenotype codes stored in the ``immune_phenotype_code`` time series.
 PHENOTYPE_CODES = {"no_tumour": 0, "inflamed": 1, "excluded": 2, "desert": 3}
 
-#: Canonical order: macrophage rules, then T-cell rules.
-RULES = {**macrophage.RULES, **tcell.RULES}
+#: Canonical order: macrophage rules, then T-cell rules, then MDSC rules.
+RULES = {**macrophage.RULES, **tcell.RULES, **mdsc.RULES}
+
+#: Readouts of the MDSCs (declared only with ``immune.mdsc.enabled``).
+MDSC_READOUTS = [
+    Readout("mdsc_cells", "cells", "count", "myeloid-derived suppressor cells"),
+    Readout("mdsc_recruited", "cells", "event", "MDSCs recruited"),
+    Readout("mdsc_deaths", "cells", "event", "MDSC deaths"),
+    Readout("ccl2_max", "a.u.", "level", "maximal CCL2"),
+]
 
 
 def _readouts(ndim: int) -> list[Readout]:
@@ -84,8 +93,14 @@ def _transfer_readouts(products) -> list[Readout]:
     return out
 
 
+def _mdsc_readouts(ndim: int) -> list[Readout]:
+    density = "cells/mm^2" if ndim == 2 else "cells/mm^3"
+    return MDSC_READOUTS + [Readout(f"mdsc_density_{r}", density, "level", f"MDSC density in the {r}")
+                            for r in ("core", "margin", "stroma")]
+
+
 class ImmuneModule(BaseModule):
-    """T cells, Tregs and macrophages; priming; infiltration readouts."""
+    """T cells, Tregs, macrophages and (when enabled) MDSCs; priming; infiltration readouts."""
 
     name = "immune"
     seed_order = 3
@@ -100,28 +115,35 @@ class ImmuneModule(BaseModule):
             initial=config.initial.tumour, ring_inner_um=im.caf.stroma_inner_um, ring_width_um=im.caf.stroma_width_um,
             priming=float(im.priming_initial), ndim=config.ndim, effects=config.effects, namespaced=namespaced,
             products=list(config.cell_therapy.items()),
+            mdsc=im.mdsc,
         )
-        return cls(params, [*im.tcell.rules, *im.macrophage.rules])
+        return cls(params, [*im.tcell.rules, *im.macrophage.rules, *(im.mdsc.rules if im.mdsc.enabled else [])])
 
     def declare(self) -> Declaration:
-        """Tables, the immune layer, chemokine and IFN-γ, the causes of death, rules and readouts."""
+        """Tables, the immune layer, chemokine, IFN-γ (and CCL2), the causes of death, rules and readouts."""
         f = self.params.fields
-        fields = [solute_spec(name, sec) for name, sec in (("chemokine", f.chemokine), ("ifng", f.ifng))]
+        with_mdsc = self.params.mdsc.enabled
+        solutes = [("chemokine", f.chemokine), ("ifng", f.ifng)] + ([("ccl2", f.ccl2)] if with_mdsc else [])
+        tables = [TableSpec("tcell", tcell.columns(self.params.products), layer="immune", age_column="age_min",
+                            deaths_readout="tcell_deaths"),
+                  TableSpec("macrophage", macrophage.COLUMNS, layer="immune", age_column="age_min",
+                            deaths_readout="macrophage_deaths")]
+        if with_mdsc:
+            tables.append(TableSpec("mdsc", mdsc.COLUMNS, layer="immune", age_column="age_min",
+                                    deaths_readout="mdsc_deaths"))
         return Declaration(
             occupancy={"immune": self.params.capacity},
-            fields=fields,
-            tables=[TableSpec("tcell", tcell.columns(self.params.products), layer="immune", age_column="age_min",
-                              deaths_readout="tcell_deaths"),
-                    TableSpec("macrophage", macrophage.COLUMNS, layer="immune", age_column="age_min",
-                              deaths_readout="macrophage_deaths")],
+            fields=[solute_spec(name, sec) for name, sec in solutes],
+            tables=tables,
             death_causes=[
                 DeathCause("tumour", "killed_tcell", 3, "tumour_killed_by_tcell"),
                 DeathCause("tumour", "killed_macrophage", 4, "tumour_killed_by_macrophage"),
                 DeathCause("tcell", "lifespan", 1), DeathCause("tcell", "kill_limit", 2),
-                DeathCause("macrophage", "lifespan", 1),
+                DeathCause("macrophage", "lifespan", 1), DeathCause("mdsc", "lifespan", 1),
             ],
             rules=self.rules(RULES),
-            readouts=_readouts(self.params.ndim) + _transfer_readouts(self.params.products),
+            readouts=_readouts(self.params.ndim) + _transfer_readouts(self.params.products)
+            + (_mdsc_readouts(self.params.ndim) if with_mdsc else []),
         )
 
     def seed(self, world, rng) -> None:
@@ -232,7 +254,15 @@ class ImmuneModule(BaseModule):
             "ecm_mean_stroma": ecm[stroma].astype(np.float64).sum() / max(1, int(xp.count_nonzero(stroma))),
             "ifng_max": world.fields["ifng"].data.max(),
             "chemokine_max": world.fields["chemokine"].data.max(),
+            **(self._measure_mdsc(world, core, margin, stroma) if "mdsc" in world.tables else {}),
         }
+
+    @staticmethod
+    def _measure_mdsc(world, core, margin, stroma) -> dict:
+        """MDSC count, count per region (turned into densities by :meth:`derive`) and maximal CCL2."""
+        n = scatter_count(world.tables["mdsc"]["voxel"], world.size).reshape(world.shape)
+        return {"mdsc_cells": n.sum(), "mdsc_core": n[core].sum(), "mdsc_margin": n[margin].sum(),
+                "mdsc_stroma": n[stroma].sum(), "ccl2_max": world.fields["ccl2"].data.max()}
 
     def derive(self, out: dict) -> None:
         """Ratios, fractions, densities (per mm² in 2-D, per mm³ in 3-D) and the phenotype code."""
@@ -249,6 +279,9 @@ class ImmuneModule(BaseModule):
         for region in ("core", "margin", "stroma"):
             n_vox = out.pop(f"{region}_voxels")
             out[f"cd8_density_{region}"] = out[f"cd8_{region}"] / (n_vox * voxel_mm) if n_vox else 0.0
+            if f"mdsc_{region}" in out:
+                n_mdsc = out.pop(f"mdsc_{region}")
+                out[f"mdsc_density_{region}"] = n_mdsc / (n_vox * voxel_mm) if n_vox else 0.0
         ph = self.params.phenotype
         if n_tumour == 0:
             code = PHENOTYPE_CODES["no_tumour"]

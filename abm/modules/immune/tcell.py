@@ -11,7 +11,7 @@ Rules (each switchable through ``immune.tcell.rules``):
     An effector that is not exhausted picks a random tumour cell in its own or a Moore-neighbour voxel and kills
     it with ``p = 1 - exp(-k dt q (1 - s))`` (spQSP), ``q`` the target's antigenicity and ``s`` the combined
     suppression ``1 - prod(1 - s_i)`` of PD-1/PD-L1 engagement, LAG-3/TIM-3, TGF-β, hypoxia, nearby M2
-    macrophages and Tregs. The rule keeps the engagement bookkeeping of its own table (``engaged``, ``kills``,
+    macrophages, Tregs and MDSCs. The rule keeps the engagement bookkeeping of its own table (``engaged``, ``kills``,
     ``exhaustion``, ``lag3_tim3``): engagement accumulates exhaustion; at exhaustion 1 the cell stops killing.
 ``tcell_move`` (behaviour)
     Chemokine-biased random walk (see :func:`abm.modules.immune.common.record_walk`), slowed by ECM and CXCL12.
@@ -152,7 +152,8 @@ def suppression_components(world, params, voxels, target_pdl1, exhaustion, targe
     Returns
     -------
     dict of str to float64 array, shape ``(N,)``
-        ``pd1`` (PD-1/PD-L1 engagement), ``lag3_tim3``, ``tgfb``, ``hypoxia``, ``m2``, ``treg``.
+        ``pd1`` (PD-1/PD-L1 engagement), ``lag3_tim3``, ``tgfb``, ``hypoxia``, ``m2``, ``treg``, ``mdsc`` (0
+        without MDSCs).
     """
     xp = world.xp
     p, res = params.tcell, params.resistance
@@ -184,7 +185,17 @@ def suppression_components(world, params, voxels, target_pdl1, exhaustion, targe
         out["treg"] = 1.0 - (1.0 - p.treg_suppression) ** n_treg
     else:
         out["m2"] = out["treg"] = zero
+    out["mdsc"] = _mdsc_suppression(world, params, voxels) if res.suppressive_cells else zero
     return out
+
+
+def _mdsc_suppression(world, params, voxels):
+    """``σ_MDSC min(1, n/K)``, ``n`` the MDSCs in the Moore neighbourhood of ``voxels`` (0 without the table)."""
+    if "mdsc" not in world.tables:
+        return world.xp.zeros(voxels.shape[0], dtype=np.float64)
+    m = params.mdsc
+    n = counts_near(world, "mdsc", world.moore_and_self, voxels)
+    return m.suppression * world.xp.minimum(1.0, n / m.saturation_count)
 
 
 def _alt_checkpoint_free(world, voxels):

@@ -24,6 +24,8 @@ Per drug ``<name>`` (a table ``[therapy.<name>]``):
 - **Cellular and immunising** (:mod:`abm.modules.therapy.cellular`): adoptive T-cell transfers infuse CAR-T or TIL
   products (behaviour phase), vaccines add antigen to priming (systemic phase), and drugs binding DNMT1 restore
   tumour antigenicity (update phase).
+- **Oncolytic virus** (``[virus.<name>]``, :mod:`abm.modules.therapy.virus`): a virus field that infects tumour
+  cells, which lyse after an eclipse and release a burst of virus (at this module's commit); lysis is immunogenic.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from abm.modules.common import immunogenic_antigen, lesion_regions, probability
 from abm.modules.therapy.cellular import Infusions, adoptive_transfer, antigen_restoration, vaccination
 from abm.modules.therapy.config import target_slug
 from abm.modules.therapy.cytotoxic import RADIATED_TABLES, Course, adc_payload, chemotherapy, radiation, region_mask
+from abm.modules.therapy.virus import ANTIVIRAL, Virus, virus_exchange, virus_infection
 from abm.modules.vasculature.module import supply
 from kernels.pk import compartment_model, propagate
 
@@ -176,18 +179,21 @@ def caf_depletion(world, params, rng, intents) -> None:
 
 
 RULES = {r.name: r for r in (vaccination, pharmacokinetics, delivery, occupancy, antigen_restoration, treg_depletion,
-                             caf_depletion, chemotherapy, adc_payload, radiation, adoptive_transfer)}
+                             caf_depletion, chemotherapy, adc_payload, radiation, adoptive_transfer, virus_exchange,
+                             virus_infection)}
 
 #: Priorities of the therapy's causes of death per table (unique within a table across all modules); the
 #: chemotherapy causes of tumour cells take ``TUMOUR_CHEMO_PRIORITY + i`` for the i-th chemotherapy, the ADC causes
 #: the priorities after them.
 RADIATION_PRIORITY = {"tumour": 5, "caf": 2, "tcell": 5, "macrophage": 2}
 TUMOUR_CHEMO_PRIORITY = 6
+#: Priorities of the oncolytic virus's tumour causes: lysis, and killing of infected cells by antiviral immunity.
+TUMOUR_VIRUS_PRIORITY = {"lysis": 110, ANTIVIRAL: 111}
 TCELL_CHEMO_PRIORITY = 4
 
 
 class TherapyModule(BaseModule):
-    """Every ``[therapy.<name>]`` of the config."""
+    """Every ``[therapy.<name>]``, ``[radiotherapy.<name>]`` and ``[virus.<name>]`` of the config."""
 
     name = "therapy"
     seed_order = 4
@@ -216,7 +222,8 @@ class TherapyModule(BaseModule):
                         doses_this_step={n: 0 for n in drugs}, configs=config.therapy, cytotoxic=cytotoxic,
                         courses=courses, fractions_this_step={n: 0 for n in courses}, tumour=config.tumour, adcs=adcs,
                         infusions=infusions, infusions_this_step={n: 0 for n in infusions}, vaccines=vaccines,
-                        vaccine_doses_this_step={n: 0 for n in vaccines}, namespaced=namespaced)
+                        vaccine_doses_this_step={n: 0 for n in vaccines},
+                        viruses={name: Virus(name, v) for name, v in config.virus.items()}, namespaced=namespaced)
         return cls(params, list(RULES))
 
     def declare(self) -> Declaration:
@@ -240,23 +247,47 @@ class TherapyModule(BaseModule):
         for slug in p.plasma_binders:
             readouts.append(Readout(f"occupancy_{slug}_plasma", "-", "ratio", f"{slug} occupancy in plasma"))
         causes, cytotoxic_readouts = self._cytotoxic_declarations()
+        virus_causes, virus_readouts = self._virus_declarations()
+        for name, v in p.viruses.items():
+            fields.append(FieldSpec(name, "PFU/mL", v.cfg.diffusivity_um2_per_min,
+                                    math.log(2.0) / v.cfg.clearance_half_life_min, 0.0, _NOFLUX, ecm_hindered=True))
         return Declaration(
             fields=fields,
             layers=[LayerSpec(f"occupancy_{slug}", "-", "float", 0.0, as_field=True) for slug in p.tissue_binders]
             + ([LayerSpec(SUSTAINED_VEGF, "-", "float", 0.0)] if "vegf" in p.tissue_binders else []),
             death_causes=[DeathCause("tcell", "depleted", 3, "treg_depleted"),
-                          DeathCause("caf", "depleted", 1, "caf_depleted"), *causes],
+                          DeathCause("caf", "depleted", 1, "caf_depleted"), *causes, *virus_causes],
             rules=[*([vaccination] if p.vaccines else []), pharmacokinetics, delivery,
                    dataclasses.replace(occupancy, writes=tuple(f"layer:occupancy_{s}" for s in p.tissue_binders)
                                        + ((f"layer:{SUSTAINED_VEGF}",) if "vegf" in p.tissue_binders else ())),
                    *([antigen_restoration] if "dnmt1" in p.tissue_binders else []),
                    treg_depletion, caf_depletion, *([chemotherapy] if p.cytotoxic else []),
                    *([adc_payload] if p.adcs else []),
-                   *([radiation] if p.courses else []), *([adoptive_transfer] if p.infusions else [])],
+                   *([radiation] if p.courses else []), *([adoptive_transfer] if p.infusions else []),
+                   *([virus_exchange, virus_infection] if p.viruses else [])],
             readouts=readouts + [Readout("treg_depleted", "cells", "event", "Tregs depleted by anti-CTLA-4"),
                                  Readout("caf_depleted", "cells", "event", "CAFs killed by FAP-targeting"),
-                                 *cytotoxic_readouts, *self._cellular_readouts()],
+                                 *cytotoxic_readouts, *self._cellular_readouts(), *virus_readouts],
         )
+
+    def _virus_declarations(self) -> tuple[list, list]:
+        """Causes of death (lysis is immunogenic) and readouts of the oncolytic virus."""
+        causes, readouts = [], []
+        for name, v in self.params.viruses.items():
+            causes += [DeathCause("tumour", v.lysis_cause, TUMOUR_VIRUS_PRIORITY["lysis"], f"tumour_lysed_by_{name}",
+                                  immunogenicity=v.cfg.icd_strength),
+                       DeathCause("tumour", ANTIVIRAL, TUMOUR_VIRUS_PRIORITY[ANTIVIRAL], "infected_killed_by_immunity")]
+            readouts += [Readout(f"doses_{name}", "doses", "event", f"doses of {name} given in the step"),
+                         Readout(f"tumour_lysed_by_{name}", "cells", "event", f"tumour cells lysed by {name}"),
+                         Readout("infected_killed_by_immunity", "cells", "event",
+                                 "infected tumour cells killed by antiviral immunity before lysis"),
+                         Readout("infected_cells", "cells", "count", "tumour cells infected by the virus"),
+                         Readout(f"tumour_{name}_pfu_per_mL", "PFU/mL", "level",
+                                 f"mean {name} titre over tumour cells"),
+                         Readout(f"tissue_{name}_pfu", "PFU", "level", f"infectious {name} in the tissue")]
+            if v.cfg.route == "iv":
+                readouts.append(Readout(f"blood_{name}_pfu_per_mL", "PFU/mL", "level", f"{name} titre in blood"))
+        return causes, readouts
 
     def _cytotoxic_declarations(self) -> tuple[list, list]:
         """Causes of death (with their immunogenicity) and readouts of the chemotherapies and radiotherapy courses."""
@@ -284,7 +315,7 @@ class TherapyModule(BaseModule):
                                          immunogenicity=icd if table == "tumour" else 0.0))
                 readouts.append(Readout(f"{table}_killed_by_radiation", "cells", "event",
                                         f"{table} cells killed by radiation"))
-        if p.cytotoxic or p.courses or p.adcs:
+        if p.cytotoxic or p.courses or p.adcs or p.viruses:
             readouts.append(Readout("antigen_icd_released", "-", "event",
                                     "extra antigen of immunogenic tumour-cell deaths in the step"))
         return causes, readouts
@@ -303,18 +334,32 @@ class TherapyModule(BaseModule):
         return out
 
     def attach(self, world) -> None:
-        """The irradiated voxels of every course and the entry region of every adoptive transfer."""
+        """Regions: irradiated voxels, adoptive-transfer entry, injected virus voxels (and the voxel volume)."""
         for course in self.params.courses.values():
             course.mask = region_mask(world, course.cfg.region)
         for inf in self.params.infusions.values():
             inf.mask = region_mask(world, inf.cfg.region)
+        for v in self.params.viruses.values():
+            v.mask = region_mask(world, v.cfg.region)
+            v.voxel_mL = world.spacing_um**3 * 1e-12
 
     def seed(self, world, rng) -> None:
         """Nothing in tissue at the start; doses follow their schedules."""
 
     def commit(self, world, record, intents, events: dict) -> None:
-        """Doses and fractions of the step, and the extra antigen of immunogenic deaths, as events."""
+        """Doses and fractions of the step, the virus bursts of lysed cells, the extra antigen of immunogenic deaths.
+
+        A lysed tumour cell adds ``burst_pfu / dx³`` to the virus field in its voxel (one cell per voxel: the
+        voxels are distinct).
+        """
         p = self.params
+        dead = record.dead.get("tumour")
+        for name, v in p.viruses.items():
+            events[f"doses_{name}"] = world.xp.asarray(float(v.doses_this_step))
+            if dead is not None:
+                codes, columns = dead
+                lysed = columns["voxel"][codes == world.death_codes["tumour"][v.lysis_cause]]
+                world.fields[name].data.reshape(-1)[lysed] += world.dtype.type(v.cfg.burst_pfu / v.voxel_mL)
         for name, n in p.doses_this_step.items():
             events[f"doses_{name}"] = world.xp.asarray(float(n))
         for name, n in p.fractions_this_step.items():
@@ -326,8 +371,8 @@ class TherapyModule(BaseModule):
             events[f"doses_{name}"] = world.xp.asarray(float(n))
         if p.vaccines:
             events["vaccine_antigen"] = world.xp.asarray(world.systemic["vaccine_antigen"])
-        if p.cytotoxic or p.courses or p.adcs:
-            extra = immunogenic_antigen(world, record.dead.get("tumour"))
+        if p.cytotoxic or p.courses or p.adcs or p.viruses:
+            extra = immunogenic_antigen(world, dead)
             events["antigen_icd_released"] = extra if extra is not None else world.xp.zeros(())
 
     def derive(self, values: dict) -> None:
@@ -353,13 +398,21 @@ class TherapyModule(BaseModule):
                     out[f"occupancy_{slug}_{region}"] = layer[mask].astype(np.float64).sum() / xp.maximum(count, 1)
         for slug in self.params.plasma_binders:
             out[f"occupancy_{slug}_plasma"] = xp.asarray(world.systemic.get(f"occupancy_{slug}_plasma", 0.0))
+        for name, v in self.params.viruses.items():
+            titre = world.fields[name].data
+            out[f"tumour_{name}_pfu_per_mL"] = titre.reshape(-1).take(vox).astype(np.float64).sum() / n
+            out[f"tissue_{name}_pfu"] = titre.astype(np.float64).sum() * v.voxel_mL
+            out["infected_cells"] = xp.count_nonzero(world.tables["tumour"]["infection_min"] >= 0)
+            if v.cfg.route == "iv":
+                out[f"blood_{name}_pfu_per_mL"] = xp.asarray(v.blood_pfu_per_mL(world.time_min, world.dt_min))
         return out
 
     def state(self, world) -> dict:
-        """Per drug and per radiotherapy course, what a restart needs and a reader may want.
+        """Per drug, radiotherapy course and virus, what a restart needs and a reader may want.
 
         A drug: compartment amounts (mg), doses given, the start times of the doses still to come. A course:
-        fractions given and the times of the fractions still to come.
+        fractions given and the times of the fractions still to come. A virus: doses given and the times of the doses
+        still to come (its blood titre follows from the dose times; the virus in tissue is its field).
         """
         out = {}
         for name, d in self.params.drugs.items():
@@ -375,10 +428,13 @@ class TherapyModule(BaseModule):
             out[name] = {"infusions_given": inf.given, "pending_infusion_times_min": np.asarray(pending, np.float64)}
         for name, (_, times) in self.params.vaccines.items():
             out[name] = {"pending_dose_times_min": np.asarray([t for t in times if t >= world.time_min], np.float64)}
+        for name, v in self.params.viruses.items():
+            pending = [t for t in v.times_min if t >= world.time_min]
+            out[name] = {"doses_given": v.doses_given, "pending_dose_times_min": np.asarray(pending, np.float64)}
         return out
 
     def load_state(self, world, state: dict | None) -> None:
-        """Restore the compartments; a drug new at a branch starts empty and may not have doses before it."""
+        """Restore the compartments and counters; a therapy new at a branch may not have doses before it."""
         for name, d in self.params.drugs.items():
             own = (state or {}).get(name)
             if own is not None:
@@ -411,3 +467,12 @@ class TherapyModule(BaseModule):
             if (state or {}).get(name) is None and any(t < world.time_min for t in times):
                 raise ConfigError([f"vaccine.{name}: a dose lies before the branch at day {world.time_min / 1440:g}; "
                                    "a vaccine added at a branch starts at or after it"])
+        for name, v in self.params.viruses.items():
+            own = (state or {}).get(name)
+            if own is not None:
+                v.doses_given = int(own["doses_given"])
+                continue
+            past = [t for t in v.times_min if t < world.time_min]
+            if past:
+                raise ConfigError([f"virus.{name}: a dose at day {past[0] / 1440:g} lies before the branch at day "
+                                   f"{world.time_min / 1440:g}; a virus added at a branch starts at or after it"])

@@ -14,7 +14,7 @@ from abm.modules.base import BaseModule, Params
 from abm.modules.common import initial_region
 from abm.modules.tumour.rules import RULES, on_divide
 
-__all__ = ["COLUMNS", "TumourModule"]
+__all__ = ["COLUMNS", "INFECTION_COLUMN", "TumourModule"]
 
 COLUMNS = {
     "voxel": Column("int64", "-", "flat (C-order) index of the voxel the cell occupies"),
@@ -22,6 +22,13 @@ COLUMNS = {
     "quiescent": Column("bool", "flag", "no free neighbour voxel at the last step (contact-inhibited)"),
     "antigenicity": Column("float32", "-", "antigen presentation q (0..1), heritable; factor on T-cell killing"),
     "pdl1": Column("float32", "-", "PD-L1 expression (fraction of maximal, 0..1)"),
+}
+
+#: The column an oncolytic virus needs (declared only in runs with a ``[virus.<name>]``; the therapy module's
+#: ``virus_infection`` rule is its one writer). Infected cells do not divide.
+INFECTION_COLUMN = {
+    "infection_min": Column("float32", "min", "time since infection by the oncolytic virus; -1: not infected",
+                            fill=-1.0),
 }
 
 READOUTS = [
@@ -50,14 +57,16 @@ class TumourModule(BaseModule):
     def from_config(cls, config, namespaced: bool = True) -> TumourModule:
         """The module with the sections of ``config`` it reads."""
         params = Params(tumour=config.tumour, initial=config.initial.tumour, resistance=config.resistance,
-                        chemokine_loss_fraction=config.immune.chemokine_loss_fraction, namespaced=namespaced)
+                        chemokine_loss_fraction=config.immune.chemokine_loss_fraction, infectable=bool(config.virus),
+                        namespaced=namespaced)
         return cls(params, config.tumour.rules)
 
     def declare(self) -> Declaration:
-        """The tumour table, the necrotic layer, two causes of death, the rules and readouts."""
+        """The tumour table (with a virus, its infection clock), necrotic layer, causes of death, rules, readouts."""
+        columns = {**COLUMNS, **INFECTION_COLUMN} if self.params.infectable else COLUMNS
         return Declaration(
             layers=[LayerSpec("necrotic", "flag", "bool", False, tissue_mark=True)],
-            tables=[TableSpec("tumour", COLUMNS, layer="tissue", births_readout="tumour_births",
+            tables=[TableSpec("tumour", columns, layer="tissue", births_readout="tumour_births",
                               on_divide=on_divide)],
             death_causes=[DeathCause("tumour", "apoptosis", 1, "tumour_deaths_apoptosis"),
                           DeathCause("tumour", "necrosis", 2, "tumour_deaths_necrosis")],

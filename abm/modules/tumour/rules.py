@@ -12,7 +12,7 @@
     A cell divides with probability ``1 - exp(-r(pO2) dt)``, ``r`` rising linearly from 0 at the proliferation
     threshold to the maximal rate at saturation. The daughter takes a random free Moore neighbour; two cells
     wanting one voxel are resolved by random priority at the commit. A cell with no free neighbour is quiescent
-    (the rule keeps the ``quiescent`` column).
+    (the rule keeps the ``quiescent`` column). A cell infected by an oncolytic virus does not divide.
 ``apoptosis`` (behaviour)
     Background death at a constant rate; the voxel is freed.
 ``necrosis`` (behaviour)
@@ -63,6 +63,8 @@ def proliferation(world, params, rng, intents) -> None:
     free_count = box_sum(free_grid, 1, dtype=np.uint8).reshape(-1)  # a tumour voxel is not free itself
     has_space = free_count[vox] > 0
     cells["quiescent"] = ~has_space
+    if "infection_min" in cells.schema:  # the virus takes over the host cell: no division once infected
+        has_space = has_space & (cells["infection_min"] < 0)
     o2 = world.fields["oxygen"].data.reshape(-1)
 
     def divide_probability(rows):
