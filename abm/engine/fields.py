@@ -71,6 +71,8 @@ class DiffusingField:
         sinks make the splitting error large, such as oxygen).
     tolerance : float
         Relative residual at which the exact solve stops.
+    absolute_tolerance : float
+        Absolute floor of the exact solve's stopping rule (field unit); 0 for a purely relative rule.
 
     Attributes
     ----------
@@ -81,7 +83,7 @@ class DiffusingField:
     """
 
     def __init__(self, name, unit, xp, shape, spacing_um, dt_min, diffusivity, decay_per_min, boundaries, initial,
-                 dtype="float32", substeps=1, solver="lod", tolerance=1e-4):
+                 dtype="float32", substeps=1, solver="lod", tolerance=1e-4, absolute_tolerance=0.0):
         if decay_per_min < 0:
             raise ValueError(f"field '{name}': decay_per_min must be >= 0, got {decay_per_min}")
         self.name, self.unit, self.xp = name, unit, xp
@@ -90,7 +92,7 @@ class DiffusingField:
         self.substeps = int(substeps)
         if solver not in ("lod", "exact"):
             raise ValueError(f"field '{name}': solver must be 'lod' or 'exact', got {solver!r}")
-        self.solver, self.tolerance = solver, float(tolerance)
+        self.solver, self.tolerance, self.absolute_tolerance = solver, float(tolerance), float(absolute_tolerance)
         self.last_iterations, self.last_residual = 0, 0.0
         self.decay_per_min = float(decay_per_min)
         self.boundaries = list(boundaries)
@@ -158,7 +160,7 @@ class DiffusingField:
         iterations = 0
         for _ in range(self.substeps):
             info = implicit_diffuse(self.data, self._factors, self._scratch, sink_per_min=sink, source=self.source,
-                                    tolerance=self.tolerance)
+                                    tolerance=self.tolerance, absolute_tolerance=self.absolute_tolerance)
             iterations += info.iterations
             if not info.converged:
                 raise SolverError(f"field '{self.name}': the implicit solve did not reach tolerance {self.tolerance:g} "

@@ -102,10 +102,16 @@ class FieldSpec:
     ecm_hindered : bool
         Whether the ECM layer lowers this field's diffusivity (large molecules); the module owning the ECM
         refreshes every such field.
+    ecm_hindrance : float or None
+        The field's own hindrance ``h`` in ``D (1 - h ECM)`` (size-dependent, nanoparticle carriers); ``None``
+        takes the ECM module's value.
     solver : str
         ``"lod"`` (operator-split, fast) or ``"exact"`` (the unsplit implicit system, to ``tolerance``).
     tolerance : float
         Relative residual the exact solve stops at.
+    absolute_tolerance : float
+        Absolute floor of the exact solve's stopping rule (field unit): a field whose values are all far below
+        anything meaningful (a drug long after its dose) then stops instead of failing on float round-off.
     """
 
     name: str
@@ -118,6 +124,8 @@ class FieldSpec:
     ecm_hindered: bool = False
     solver: str = "lod"
     tolerance: float = 1e-4
+    ecm_hindrance: float | None = None
+    absolute_tolerance: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class Simulation:
                 world.fields[spec.name] = DiffusingField(
                     spec.name, spec.unit, xp, world.shape, world.spacing_um, world.dt_min,
                     spec.diffusivity_um2_per_min, spec.decay_per_min, bc, spec.initial, world.dtype, spec.substeps,
-                    solver=spec.solver, tolerance=spec.tolerance,
+                    solver=spec.solver, tolerance=spec.tolerance, absolute_tolerance=spec.absolute_tolerance,
                 )
                 world.field_specs[spec.name] = spec
                 if spec.solver == "exact":

@@ -13,6 +13,10 @@ Per drug ``<name>`` (a table ``[therapy.<name>]``):
 - **Occupancy** (signal phase): one lattice per target bound by any drug, competitive,
   ``θ = Σ(Cᵢ/Kdᵢ) / (1 + Σ Cᵢ/Kdᵢ)`` (a bispecific enters two sums), written as the layer
   ``occupancy_<slug>``; CTLA-4 also gets the plasma occupancy (lymph node), ``world.systemic``.
+- **Nanoparticle carriers** (``kind = "nanoparticle"``, :mod:`abm.modules.therapy.carrier`): the carrier's PK with
+  its encapsulated and released payloads in one exact system; in tissue a carrier field and one encapsulated field
+  per payload (size-dependent extravasation, diffusion and ECM hindrance, uptake by cells) release into each
+  payload's own drug field, which binds its targets like any drug (docs/THERAPIES.md §5).
 - **Cell effects** (behaviour phase): anti-CTLA-4 depletes Tregs (Fc-mediated) at a rate rising with occupancy;
   FAP-targeting kills CAFs. Every other target acts where its mechanism lives, through
   :func:`abm.modules.common.blocked` (docs/THERAPIES.md lists the read points).
@@ -30,13 +34,27 @@ from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, FieldSpec, LayerSpec, Readout, rule
 from abm.modules.base import BaseModule, Params
 from abm.modules.common import lesion_regions, probability
+from abm.modules.therapy.carrier import (
+    Account,
+    Carrier,
+    carrier_commit,
+    carrier_exchange,
+    ecm_hindrance,
+    pct_injected_dose,
+)
+from abm.modules.therapy.carrier_config import CarrierConfig
 from abm.modules.therapy.config import target_slug
 from abm.modules.vasculature.module import supply
-from kernels.pk import compartment_model, propagate
+from kernels.pk import advance_with_doses, compartment_model
 
 __all__ = ["TherapyModule", "dose_events"]
 
 _NOFLUX = SimpleNamespace(default="noflux", value=0.0, faces={})
+
+#: Absolute floor of the drug and carrier field solves (nM or mg/L): far below one molecule per 20-µm voxel
+#: (2e-4 nM). A short-lived drug decays toward 1e-20 nM within days of its dose, where float32 round-off stops the
+#: solver's iteration; the floor lets it stop there instead of failing.
+_NEGLIGIBLE = 1e-9
 
 
 def dose_events(drug, body_weight_kg: float) -> list[tuple[float, float, float]]:
@@ -44,6 +62,48 @@ def dose_events(drug, body_weight_kg: float) -> list[tuple[float, float, float]]
     sch = drug.schedule
     mg = sch.dose_mg if sch.dose_mg is not None else sch.dose_mg_per_kg * body_weight_kg
     return [(t, mg, sch.infusion_min) for t in sch.dose_times_min()]
+
+
+def carrier_fields(params) -> list[FieldSpec]:
+    """Per carrier: the carrier (mg/L), per payload the encapsulated (``_loaded``) and the released payload (nM).
+
+    The carrier and its encapsulated payloads diffuse alike (Stokes-Einstein D, size-dependent ECM hindrance, local
+    clearance); a released payload is a drug field with the payload's own transport.
+    """
+    out = []
+    for name, c in params.carriers.items():
+        tc = c.cfg.transport
+        spec = dict(diffusivity_um2_per_min=c.diffusivity,
+                    decay_per_min=math.log(2.0) / tc.tissue_clearance_half_life_min, initial=0.0, boundary=_NOFLUX,
+                    ecm_hindered=True, solver="exact", absolute_tolerance=_NEGLIGIBLE,
+                    ecm_hindrance=ecm_hindrance(c.radius_nm, params.ecm_hindrance, tc.ecm_fibre_radius_nm))
+        out.append(FieldSpec(name=name, unit="mg/L", **spec))
+        for p in c.payloads:
+            out.append(FieldSpec(name=p.loaded, unit="nM", **spec))
+            t = p.cfg.tissue
+            out.append(FieldSpec(p.name, "nM", t.free_diffusivity_um2_per_min,
+                                 math.log(2.0) / t.tissue_clearance_half_life_min, 0.0, _NOFLUX,
+                                 ecm_hindered=t.ecm_hindered, solver=t.solver, absolute_tolerance=_NEGLIGIBLE))
+    return out
+
+
+def carrier_readouts(params) -> list[Readout]:
+    """Readouts of every carrier and of its released payloads."""
+    out = []
+    for name, c in params.carriers.items():
+        out += [Readout(f"plasma_{name}_mg_per_L", "mg/L", "level", f"plasma concentration of carrier {name}"),
+                Readout(f"doses_{name}", "doses", "event", f"doses of {name} started in the step"),
+                Readout(f"tumour_{name}_pct_id", "%", "level",
+                        f"{name} in the reference tumour (free and internalised), % of the injected dose"),
+                Readout(f"released_triggered_{name}", "-", "ratio",
+                        f"share of the payload released in tissue by {name} where its trigger is >= 1/2")]
+        for p in c.payloads:
+            out += [Readout(f"plasma_{p.name}_mg_per_L", "mg/L", "level",
+                            f"plasma {p.cfg.preset} released from {name}"),
+                    Readout(f"tumour_{p.name}_nM", "nM", "level", f"mean {p.name} over tumour cells"),
+                    Readout(f"exposure_ratio_{p.name}", "-", "ratio",
+                            f"AUC of {p.name} over tumour cells / AUC of unbound {p.name} in plasma, so far")]
+    return out
 
 
 class _Drug:
@@ -70,28 +130,16 @@ class _Drug:
 
     def advance(self, t0: float, t1: float) -> int:
         """Advance the compartments from ``t0`` to ``t1`` (min) exactly; return the doses started in between."""
-        starts = [(s, mg, d) for s, mg, d in self.doses if t0 <= s < t1]
-        cuts = {t0, t1}
-        for s, _, d in self.doses:
-            for edge in (s, s + d):
-                if t0 < edge < t1:
-                    cuts.add(edge)
-        points = sorted(cuts)
-        for a, b in zip(points[:-1], points[1:]):
-            for s, mg, d in starts:
-                if s == a and d == 0:
-                    self.amounts[self.model.dosing] += mg * self.bioavailability
-            rate = sum(mg / d * 1440.0 * self.bioavailability for s, mg, d in self.doses if d > 0 and s <= a < s + d)
-            self.amounts = propagate(self.model, self.amounts, (b - a) / 1440.0, rate)
-        self.doses_given += len(starts)
-        return len(starts)
+        self.amounts, started = advance_with_doses(self.model, self.amounts, self.doses, t0, t1, self.bioavailability)
+        self.doses_given += started
+        return started
 
 
 @rule("pharmacokinetics", "systemic")
 def pharmacokinetics(world, params, rng, intents) -> None:
     """Advance every drug's compartments over the step (doses and infusions on their exact times)."""
     t0 = world.time_min
-    for d in params.drugs.values():
+    for d in [*params.drugs.values(), *params.carriers.values()]:
         params.doses_this_step[d.name] = d.advance(t0, t0 + world.dt_min)
     for slug, binders in params.plasma_binders.items():
         s = sum(d.plasma_nM * d.cfg.fraction_unbound / kd for d, kd in binders)
@@ -105,6 +153,12 @@ def delivery(world, params, rng, intents) -> None:
         t = d.cfg.tissue
         supply(world, d.name, t.vascular_permeability_um_per_min * t.vessel_surface_per_volume_per_um,
                d.plasma_nM * d.cfg.fraction_unbound)
+
+
+@rule("carrier_delivery", "exchange")
+def carrier_delivery(world, params, rng, intents) -> None:
+    """Nanoparticle carriers: extravasation, uptake by cells, payload release and released-payload exchange."""
+    carrier_exchange(world, params)
 
 
 @rule("occupancy", "signal")
@@ -144,7 +198,7 @@ def caf_depletion(world, params, rng, intents) -> None:
     intents.kill("caf", die, "depleted")
 
 
-RULES = {r.name: r for r in (pharmacokinetics, delivery, occupancy, treg_depletion, caf_depletion)}
+RULES = {r.name: r for r in (pharmacokinetics, delivery, carrier_delivery, occupancy, treg_depletion, caf_depletion)}
 
 
 class TherapyModule(BaseModule):
@@ -156,19 +210,27 @@ class TherapyModule(BaseModule):
     @classmethod
     def from_config(cls, config, namespaced: bool = True) -> TherapyModule:
         """The module with the sections of ``config`` it reads."""
-        drugs = {name: _Drug(name, d, config.patient.body_weight_kg) for name, d in config.therapy.items()}
+        bw = config.patient.body_weight_kg
+        drugs = {name: _Drug(name, d, bw) for name, d in config.therapy.items() if not isinstance(d, CarrierConfig)}
+        carriers = {name: Carrier(name, d, dose_events(d, bw)) for name, d in config.therapy.items()
+                    if isinstance(d, CarrierConfig)}
+        payloads = {p.name: p for c in carriers.values() for p in c.payloads}
         tissue_binders: dict[str, list] = {}
         plasma_binders: dict[str, list] = {}
-        for name, d in drugs.items():
+        for name, d in [*drugs.items(), *payloads.items()]:
             for tg in d.cfg.targets:
                 slug = target_slug(tg.target)
                 tissue_binders.setdefault(slug, []).append((name, tg.kd_nM))
                 if slug == "ctla4":  # CTLA-4 acts in the lymph node: plasma occupancy too
                     plasma_binders.setdefault(slug, []).append((d, tg.kd_nM))
-        params = Params(drugs=drugs, tissue_binders=tissue_binders, plasma_binders=plasma_binders,
+        params = Params(drugs=drugs, carriers=carriers, payloads=payloads, accounts={},
+                        tissue_binders=tissue_binders, plasma_binders=plasma_binders,
                         effects=config.effects, margin_um=config.immune.phenotype.margin_um,
-                        doses_this_step={n: 0 for n in drugs}, configs=config.therapy, namespaced=namespaced)
-        return cls(params, list(RULES))
+                        ecm_hindrance=config.immune.ecm.diffusion_hindrance, body_weight_kg=bw,
+                        doses_this_step={n: 0 for n in [*drugs, *carriers]}, configs=config.therapy,
+                        namespaced=namespaced)
+        rules = [r for r in RULES if r != "carrier_delivery" or carriers]
+        return cls(params, rules)
 
     def declare(self) -> Declaration:
         """One field per drug, one occupancy layer per bound target, Treg and CAF depletion, readouts."""
@@ -178,12 +240,14 @@ class TherapyModule(BaseModule):
             t = d.cfg.tissue
             fields.append(FieldSpec(name, "nM", t.free_diffusivity_um2_per_min,
                                     math.log(2.0) / t.tissue_clearance_half_life_min, 0.0, _NOFLUX,
-                                    ecm_hindered=t.ecm_hindered, solver=t.solver))
+                                    ecm_hindered=t.ecm_hindered, solver=t.solver, absolute_tolerance=_NEGLIGIBLE))
+        fields += carrier_fields(p)
         readouts = []
         for name in p.drugs:
             readouts += [Readout(f"plasma_{name}_mg_per_L", "mg/L", "level", f"plasma concentration of {name}"),
                          Readout(f"tumour_{name}_nM", "nM", "level", f"mean {name} over tumour cells"),
                          Readout(f"doses_{name}", "doses", "event", f"doses of {name} started in the step")]
+        readouts += carrier_readouts(p)
         for slug in p.tissue_binders:
             readouts += [Readout(f"occupancy_{slug}_{region}", "-", "ratio", f"mean {slug} occupancy in the {region}")
                          for region in ("core", "margin", "stroma")]
@@ -194,7 +258,7 @@ class TherapyModule(BaseModule):
             layers=[LayerSpec(f"occupancy_{slug}", "-", "float", 0.0, as_field=True) for slug in p.tissue_binders],
             death_causes=[DeathCause("tcell", "depleted", 3, "treg_depleted"),
                           DeathCause("caf", "depleted", 1, "caf_depleted")],
-            rules=[pharmacokinetics, delivery,
+            rules=[pharmacokinetics, delivery, *([carrier_delivery] if p.carriers else []),
                    dataclasses.replace(occupancy, writes=tuple(f"layer:occupancy_{s}" for s in p.tissue_binders)),
                    treg_depletion, caf_depletion],
             readouts=readouts + [Readout("treg_depleted", "cells", "event", "Tregs depleted by anti-CTLA-4"),
@@ -203,11 +267,14 @@ class TherapyModule(BaseModule):
 
     def seed(self, world, rng) -> None:
         """Nothing in tissue at the start; doses follow their schedules."""
+        self.params.accounts = {name: Account(world, c) for name, c in self.params.carriers.items()}
 
     def commit(self, world, record, intents, events: dict) -> None:
-        """Doses of the step as events."""
+        """Doses of the step as events; carriers' internalised pool and exposure integrals."""
         for name, n in self.params.doses_this_step.items():
             events[f"doses_{name}"] = world.xp.asarray(float(n))
+        if self.params.carriers:
+            carrier_commit(world, self.params)
 
     def measure(self, world) -> dict:
         """Tumour-mean drug levels and regional occupancy (backend scalars); plasma levels are host floats."""
@@ -215,9 +282,17 @@ class TherapyModule(BaseModule):
         out = {}
         vox = world.tables["tumour"]["voxel"]
         n = max(int(vox.shape[0]), 1)
-        for name, d in self.params.drugs.items():
+        for name, d in [*self.params.drugs.items(), *self.params.payloads.items()]:
             out[f"plasma_{name}_mg_per_L"] = xp.asarray(d.plasma_mg_per_L)
             out[f"tumour_{name}_nM"] = world.fields[name].data.reshape(-1).take(vox).astype(np.float64).sum() / n
+        for name, c in self.params.carriers.items():
+            acc = self.params.accounts[name]
+            out[f"plasma_{name}_mg_per_L"] = xp.asarray(c.plasma_mg_per_L)
+            out[f"tumour_{name}_pct_id"] = pct_injected_dose(world, c, acc, self.params.body_weight_kg)
+            out[f"released_triggered_{name}"] = acc.released_triggered / xp.maximum(acc.released, 1e-300)
+            for pl in c.payloads:
+                auc_p = acc.auc_plasma[pl.name]
+                out[f"exposure_ratio_{pl.name}"] = acc.auc_tumour[pl.name] / auc_p if auc_p > 0 else xp.zeros(())
         if self.params.tissue_binders:
             regions = lesion_regions(world, self.params.margin_um)
             for slug in self.params.tissue_binders:
@@ -236,15 +311,24 @@ class TherapyModule(BaseModule):
             pending = [s for s, _, _ in d.doses if s >= world.time_min]
             out[name] = {"amounts_mg": d.amounts.copy(), "compartments": ",".join(d.model.names),
                          "doses_given": d.doses_given, "pending_dose_times_min": np.asarray(pending, np.float64)}
+        for name, c in self.params.carriers.items():
+            pending = [s for s, _, _ in c.doses if s >= world.time_min]
+            out[name] = {"amounts_mg": c.amounts.copy(), "compartments": ",".join(c.model.names),
+                         "doses_given": c.doses_given, "pending_dose_times_min": np.asarray(pending, np.float64),
+                         **self.params.accounts[name].state(world)}
         return out
 
     def load_state(self, world, state: dict | None) -> None:
         """Restore the compartments; a drug new at a branch starts empty and may not have doses before it."""
-        for name, d in self.params.drugs.items():
+        if not self.params.accounts:
+            self.params.accounts = {name: Account(world, c) for name, c in self.params.carriers.items()}
+        for name, d in [*self.params.drugs.items(), *self.params.carriers.items()]:
             own = (state or {}).get(name)
             if own is not None:
                 d.amounts = np.asarray(own["amounts_mg"], dtype=np.float64).copy()
                 d.doses_given = int(own["doses_given"])
+                if name in self.params.accounts:
+                    self.params.accounts[name].load(world, own)
                 continue
             past = [s for s, _, _ in d.doses if s < world.time_min]
             if past:
