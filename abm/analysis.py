@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RECIST_PD_RISE", "RECIST_PR_DROP", "recist_categories", "recist_thresholds"]
+__all__ = ["RECIST_PD_RISE", "RECIST_PR_DROP", "exposure_ratio", "recist_categories", "recist_thresholds"]
 
 RECIST_PR_DROP = 0.30
 RECIST_PD_RISE = 0.20
@@ -62,3 +62,29 @@ def recist_categories(diameter_um, pd_min_increase_um: float = 0.0) -> np.ndarra
     out[(d >= th["pd"]) & (d > th["nadir"])] = "PD"
     out[d <= 0] = "CR"
     return out
+
+
+def exposure_ratio(tumour_nM, plasma_mg_per_L, molecular_weight_kda: float, fraction_unbound: float = 1.0):
+    """Tumour-to-plasma exposure of a drug so far: AUC over tumour cells / AUC of the unbound plasma level.
+
+    Both AUCs are sums over equal steps of a run's time series (``tumour_<name>_nM`` and
+    ``plasma_<name>_mg_per_L``), the measure a carrier's ``exposure_ratio_<payload>`` readout reports, so a free
+    drug and the same drug carried can be compared (docs/THERAPIES.md section 8.6).
+
+    Parameters
+    ----------
+    tumour_nM, plasma_mg_per_L : array_like, shape (T,)
+        Mean drug over tumour cells (nM) and plasma concentration (mg/L) at each row.
+    molecular_weight_kda : float
+        Converts mg/L to nM (``10³/MW``).
+    fraction_unbound : float
+        Unbound fraction in plasma.
+
+    Returns
+    -------
+    ndarray, shape (T,)
+        Cumulative ratio (dimensionless); 0 while the plasma AUC is 0.
+    """
+    tumour = np.cumsum(np.asarray(tumour_nM, dtype=np.float64))
+    plasma = np.cumsum(np.asarray(plasma_mg_per_L, dtype=np.float64)) * (1e3 / molecular_weight_kda * fraction_unbound)
+    return np.divide(tumour, plasma, out=np.zeros_like(tumour), where=plasma > 0)

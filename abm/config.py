@@ -16,12 +16,13 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, Tag, ValidationError, field_validator, model_validator
 
 from abm.modules.immune.config import Ccl2FieldConfig, ChemokineFieldConfig, IfngFieldConfig, ImmuneConfig
 from abm.modules.stroma.config import Cxcl12FieldConfig, TgfbFieldConfig, VegfFieldConfig
+from abm.modules.therapy.carrier_config import TherapyConfig, check_carrier_names
 from abm.modules.therapy.cellular_config import CellTherapyConfig, VaccineConfig
-from abm.modules.therapy.config import DrugConfig, EffectsConfig, PatientConfig, check_therapy_names
+from abm.modules.therapy.config import EffectsConfig, PatientConfig, check_therapy_names
 from abm.modules.therapy.cytotoxic_config import RadiotherapyConfig
 from abm.modules.therapy.virus_config import VirusConfig
 from abm.modules.tumour.config import InitialTumourConfig, TumourConfig
@@ -175,7 +176,7 @@ class Config(Section):
     resistance: ResistanceConfig = Field(default_factory=ResistanceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     patient: PatientConfig = Field(default_factory=PatientConfig)
-    therapy: dict[str, DrugConfig] = Field(
+    therapy: dict[str, TherapyConfig] = Field(
         default_factory=dict,
         description="Therapies as named tables [therapy.<name>] (docs/THERAPIES.md); the name labels the drug's "
         "field, readouts and state.",
@@ -206,6 +207,7 @@ class Config(Section):
     @classmethod
     def _therapy_names(cls, v: dict) -> dict:
         check_therapy_names(v)
+        check_carrier_names(v)
         return v
 
     @field_validator("virus")
@@ -297,6 +299,25 @@ def _section_class(annotation) -> Any:
     return None
 
 
+def _union_tags(annotation) -> dict[str, Any]:
+    """``{tag: member}`` of a tagged (discriminated) union annotation, else empty."""
+    out = {}
+    for arg in typing.get_args(typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated
+                                else annotation):
+        for meta in getattr(arg, "__metadata__", ()):
+            if isinstance(meta, Tag):
+                out[meta.tag] = typing.get_args(arg)[0]
+    return out
+
+
+def _display_loc(loc: tuple) -> tuple:
+    """``loc`` without the union tag pydantic puts after a therapy's name (``therapy.x.targets``, not ``.drug.``)."""
+    entry = typing.get_args(Config.model_fields["therapy"].annotation)[1]
+    if len(loc) > 2 and loc[0] == "therapy" and loc[2] in _union_tags(entry):
+        return loc[:2] + loc[3:]
+    return loc
+
+
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """Valid key names of the section at ``loc`` (used to suggest the nearest name for an unknown key).
 
@@ -312,6 +333,9 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
         if typing.get_origin(annotation) is dict and parts:
             parts.pop(0)  # the table's name
             annotation = typing.get_args(annotation)[1]
+            tagged = _union_tags(annotation)
+            if tagged and parts and parts[0] in tagged:
+                annotation = tagged[parts.pop(0)]  # the union member pydantic chose
         elif typing.get_origin(annotation) is list and parts and isinstance(parts[0], int):
             parts.pop(0)  # the list index
             annotation = typing.get_args(annotation)[0]
@@ -322,11 +346,12 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 def _format_errors(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"])
+        raw = tuple(err["loc"])
+        loc = _display_loc(raw)
         path = ".".join(str(p) for p in loc) or "(top level)"
         value = err.get("input")
         if err["type"] == "extra_forbidden":
-            names = _fields_at(Config, loc)
+            names = _fields_at(Config, raw)
             near = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (near[0],))}'?" if near else ""
             valid = f" Valid keys here: {', '.join(names)}." if names else ""

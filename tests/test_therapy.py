@@ -161,6 +161,23 @@ def test_a_therapy_added_at_a_branch_starts_there_and_may_not_dose_before_it():
         Simulation.from_state(too_early, state)
 
 
+def test_a_drug_on_a_new_target_added_at_a_branch_of_a_treated_run():
+    """The parent already runs the therapy module (anti-PD-1); the branch adds anti-CTLA-4: its drug field and
+    occupancy lattice start empty at the branch, everything else continues from the parent."""
+    start = 20 * 6 / 1440
+    parent = Simulation(parse_config(_config({"nivo": _drug()})))
+    for _ in range(20):
+        parent.step()
+    treated = parse_config(_config({"nivo": _drug(), "ipi": _drug(preset="ipilimumab", schedule__start_day=start)}))
+    branch = Simulation.from_state(treated, parent.state())
+    assert branch.added["modules"] == [] and sorted(branch.added["fields"]) == ["ipi", "occupancy_ctla4"]
+    pd1 = np.asarray(branch.layers["occupancy_pd1"])
+    np.testing.assert_array_equal(pd1, np.asarray(parent.layers["occupancy_pd1"]))
+    for _ in range(5):
+        branch.step()
+    assert np.asarray(branch.layers["occupancy_ctla4"]).max() > 0
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Bad regimens
 @pytest.mark.parametrize("therapy, expected", [

@@ -102,6 +102,9 @@ class FieldSpec:
     ecm_hindered : bool
         Whether the ECM layer lowers this field's diffusivity (large molecules); the module owning the ECM
         refreshes every such field.
+    ecm_hindrance : float or None
+        The field's own hindrance ``h`` in ``D (1 - h ECM)`` (size-dependent, nanoparticle carriers); ``None``
+        takes the ECM module's value.
     solver : str
         ``"lod"`` (operator-split, fast) or ``"exact"`` (the unsplit implicit system, to ``tolerance``).
     tolerance : float
@@ -121,6 +124,7 @@ class FieldSpec:
     ecm_hindered: bool = False
     solver: str = "lod"
     tolerance: float = 1e-4
+    ecm_hindrance: float | None = None
     absolute_tolerance: float = 0.0
 
 

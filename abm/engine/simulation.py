@@ -349,8 +349,9 @@ class Simulation:
     def restore(cls, config, modules, state: dict, backend: Backend | None = None, **kwargs) -> Simulation:
         """Rebuild a simulation from :meth:`state` output; modules and fields missing from it start fresh.
 
-        A module absent from the snapshot (switched on at a branch) is seeded at the branch time; a field
-        absent from it starts at its initial value. Both are listed in :attr:`added`.
+        A module absent from the snapshot (switched on at a branch) is seeded at the branch time; a field or
+        layer absent from it (a drug on a new target) starts at its initial value. Both are listed in
+        :attr:`added`.
 
         Raises
         ------
@@ -380,9 +381,14 @@ class Simulation:
                 if sim.owner_of_layer[name] != m.name:
                     continue
                 src = st["fields"] if spec.as_field else own
-                if name not in src:
-                    raise ValueError(f"snapshot has no layer '{name}' of module '{m.name}'")
-                world.layers[name] = xp.asarray(np.asarray(src[name]), dtype=world.layers[name].dtype)
+                if name not in src:  # new at the branch (a drug on a new target): starts at its initial value
+                    sim.added["fields"].append(name)
+                    continue
+                data = np.asarray(src[name])
+                if data.shape != world.shape:
+                    raise ValueError(f"snapshot layer '{name}' has shape {data.shape}, the config's grid is "
+                                     f"{world.shape}")
+                world.layers[name] = xp.asarray(data, dtype=world.layers[name].dtype)
             for name in world.table_specs:
                 if sim.owner_of_table[name] == m.name:
                     if name not in st["agents"]:

@@ -8,10 +8,11 @@ Rules (each switchable through ``immune.macrophage.rules``):
     Each vessel voxel recruits an M0 macrophage with rate ``r c/(c + K) perfusion``, times ``1 - θ`` of CSF-1R
     and of CCR2 blockade at the vessel.
 ``macrophage_polarisation`` (update)
-    M0 -> M1 at ``r1 max(IFN-γ/(IFN-γ + K), debris)`` (debris: a necrotic voxel in the Moore neighbourhood);
+    M0 -> M1 at ``r1 max(IFN-γ/(IFN-γ + K), debris)`` (debris: a necrotic voxel in the Moore neighbourhood; a
+    TLR7/8 agonist's occupancy θ replaces the IFN-γ term where larger);
     M0/M1 -> M2 at ``r_base + (r_max - r_base) (1 - Hill(pO2; 5 mmHg, 8)) + r_tgfb TGF-β/(TGF-β + K)``
     (PhysiCell rules_sample; the hypoxic part only with ``resistance.hypoxia``); M2 -> M1 at
-    ``r1 IFN-γ/(IFN-γ + K)`` (repolarisation).
+    ``r1 max(IFN-γ/(IFN-γ + K), θ_TLR7/8)`` (repolarisation).
 ``macrophage_kill`` (behaviour)
     An M1 macrophage kills a random tumour cell in its own or a neighbour voxel with ``1 - exp(-k dt)``.
 ``macrophage_move`` (behaviour)
@@ -91,6 +92,9 @@ def macrophage_polarisation(world, params, rng, intents) -> None:
     vox, state = m["voxel"], m["state"]
     ifng = world.fields["ifng"].data.reshape(-1)[vox].astype(np.float64)
     ifn_drive = ifng / (ifng + p.m1_ifng_half_max)
+    theta = blocked(world, "tlr78", vox)  # TLR7/8 agonism drives M1 like IFN-γ (the stronger of the two)
+    if theta is not None:
+        ifn_drive = xp.maximum(ifn_drive, theta)
     necrotic = world.layers["necrotic"].reshape(-1)
     flat, inside = world.moore.neighbours(vox)
     debris = (inside & necrotic.take(flat)).any(axis=0) | necrotic[vox]

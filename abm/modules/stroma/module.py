@@ -2,9 +2,9 @@
 
 Owns the ``caf`` table (exclusive tissue layer), the ``ecm`` layer (density 0..1, written to snapshots as
 ``fields/ecm``), the ``tgfb``, ``vegf`` and ``cxcl12`` fields, and the ECM hindrance of large molecules: every
-field declared ``ecm_hindered`` (by any module) diffuses with ``D (1 - hindrance ECM)`` under
-``resistance.stromal_exclusion``, rebuilt every ``immune.ecm.update_every_steps`` steps when the ECM moved by
-more than 0.01 anywhere.
+field declared ``ecm_hindered`` (by any module) diffuses with ``D (1 - hindrance ECM)`` (the field's own
+``ecm_hindrance`` where it declares one) under ``resistance.stromal_exclusion``, rebuilt every
+``immune.ecm.update_every_steps`` steps when the ECM moved by more than 0.01 anywhere.
 
 Rules (each switchable through ``immune.caf.rules``):
 
@@ -185,9 +185,11 @@ class StromaModule(BaseModule):
 
     def _apply(self, world) -> None:
         for name in self._hindered(world):
-            d0 = world.field_specs[name].diffusivity_um2_per_min
+            spec = world.field_specs[name]
+            d0 = spec.diffusivity_um2_per_min
             if self.params.stromal_exclusion:
-                d = d0 * (1.0 - self.params.ecm.diffusion_hindrance * self.ecm_factors.astype(np.float64))
+                h = self.params.ecm.diffusion_hindrance if spec.ecm_hindrance is None else spec.ecm_hindrance
+                d = d0 * (1.0 - h * self.ecm_factors.astype(np.float64))
                 world.fields[name].set_diffusivity(d)
             else:
                 world.fields[name].set_diffusivity(d0)

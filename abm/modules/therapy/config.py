@@ -31,9 +31,9 @@ __all__ = [
 #: The targets a drug can bind, and the slug that names their occupancy lattice (``occupancy_<slug>``).
 TARGETS = {"PD-1": "pd1", "PD-L1": "pdl1", "CTLA-4": "ctla4", "LAG-3": "lag3", "TIGIT": "tigit", "VEGF": "vegf",
            "TGF-β": "tgfb", "CSF-1R": "csf1r", "CXCR4": "cxcr4", "FAP": "fap", "LOX": "lox", "DNMT1": "dnmt1",
-           "TROP2": "trop2", "CCR2": "ccr2", "CXCR2": "cxcr2"}
+           "TROP2": "trop2", "CCR2": "ccr2", "CXCR2": "cxcr2", "TLR7/8": "tlr78"}
 TargetName = Literal["PD-1", "PD-L1", "CTLA-4", "LAG-3", "TIGIT", "VEGF", "TGF-β", "CSF-1R", "CXCR4", "FAP", "LOX",
-                     "DNMT1", "TROP2", "CCR2", "CXCR2"]
+                     "DNMT1", "TROP2", "CCR2", "CXCR2", "TLR7/8"]
 
 
 def target_slug(target: str) -> str:

@@ -14,6 +14,10 @@ Per drug ``<name>`` (a table ``[therapy.<name>]``):
   ``θ = Σ(Cᵢ/Kdᵢ) / (1 + Σ Cᵢ/Kdᵢ)`` (a bispecific enters two sums), written as the layer
   ``occupancy_<slug>``; CTLA-4 also gets the plasma occupancy (lymph node), ``world.systemic``; VEGF also its
   running mean ``occupancy_vegf_sustained`` (``dm/dt = (θ - m)/τ``), which vessel pruning reads.
+- **Nanoparticle carriers** (``kind = "nanoparticle"``, :mod:`abm.modules.therapy.carrier`): the carrier's PK with
+  its encapsulated and released payloads in one exact system; in tissue a carrier field and one encapsulated field
+  per payload (size-dependent extravasation, diffusion and ECM hindrance, uptake by cells) release into each
+  payload's own drug field, which binds its targets like any drug (docs/THERAPIES.md §5).
 - **Cell effects** (behaviour phase): anti-CTLA-4 depletes Tregs (Fc-mediated) at a rate rising with occupancy;
   FAP-targeting kills CAFs. Every other target acts where its mechanism lives, through
   :func:`abm.modules.common.blocked` (docs/THERAPIES.md lists the read points).
@@ -40,12 +44,21 @@ from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, FieldSpec, LayerSpec, Readout, rule
 from abm.modules.base import BaseModule, Params
 from abm.modules.common import immunogenic_antigen, lesion_regions, probability
+from abm.modules.therapy.carrier import (
+    Account,
+    Carrier,
+    carrier_commit,
+    carrier_exchange,
+    ecm_hindrance,
+    pct_injected_dose,
+)
+from abm.modules.therapy.carrier_config import CarrierConfig
 from abm.modules.therapy.cellular import Infusions, adoptive_transfer, antigen_restoration, vaccination
 from abm.modules.therapy.config import target_slug
 from abm.modules.therapy.cytotoxic import RADIATED_TABLES, Course, adc_payload, chemotherapy, radiation, region_mask
 from abm.modules.therapy.virus import ANTIVIRAL, Virus, virus_exchange, virus_infection
 from abm.modules.vasculature.module import supply
-from kernels.pk import compartment_model, propagate
+from kernels.pk import advance_with_doses, compartment_model
 
 __all__ = ["SUSTAINED_VEGF", "TherapyModule", "dose_events"]
 
@@ -58,6 +71,7 @@ _NOFLUX = SimpleNamespace(default="noflux", value=0.0, faces={})
 #: EC50 of the library (0.027 nM), so it never matters, yet a drug washing out over many decades (a short-lived
 #: chemotherapy between cycles) no longer stalls the float32 solve on its relative criterion.
 DRUG_ABSOLUTE_TOLERANCE_NM = 1e-9
+
 
 
 def dose_events(drug, patient) -> list[tuple[float, float, float]]:
@@ -74,6 +88,49 @@ def dose_events(drug, patient) -> list[tuple[float, float, float]]:
     else:
         mg = sch.dose_mg_per_m2 * patient.body_surface_area_m2
     return [(t, mg, sch.infusion_min) for t in sch.dose_times_min()]
+
+
+def carrier_fields(params) -> list[FieldSpec]:
+    """Per carrier: the carrier (mg/L), per payload the encapsulated (``_loaded``) and the released payload (nM).
+
+    The carrier and its encapsulated payloads diffuse alike (Stokes-Einstein D, size-dependent ECM hindrance, local
+    clearance); a released payload is a drug field with the payload's own transport.
+    """
+    out = []
+    for name, c in params.carriers.items():
+        tc = c.cfg.transport
+        spec = dict(diffusivity_um2_per_min=c.diffusivity,
+                    decay_per_min=math.log(2.0) / tc.tissue_clearance_half_life_min, initial=0.0, boundary=_NOFLUX,
+                    ecm_hindered=True, solver="exact", absolute_tolerance=DRUG_ABSOLUTE_TOLERANCE_NM,
+                    ecm_hindrance=ecm_hindrance(c.radius_nm, params.ecm_hindrance, tc.ecm_fibre_radius_nm))
+        out.append(FieldSpec(name=name, unit="mg/L", **spec))
+        for p in c.payloads:
+            out.append(FieldSpec(name=p.loaded, unit="nM", **spec))
+            t = p.cfg.tissue
+            out.append(FieldSpec(p.name, "nM", t.free_diffusivity_um2_per_min,
+                                 math.log(2.0) / t.tissue_clearance_half_life_min, 0.0, _NOFLUX,
+                                 ecm_hindered=t.ecm_hindered, solver=t.solver,
+                                 absolute_tolerance=DRUG_ABSOLUTE_TOLERANCE_NM))
+    return out
+
+
+def carrier_readouts(params) -> list[Readout]:
+    """Readouts of every carrier and of its released payloads."""
+    out = []
+    for name, c in params.carriers.items():
+        out += [Readout(f"plasma_{name}_mg_per_L", "mg/L", "level", f"plasma concentration of carrier {name}"),
+                Readout(f"doses_{name}", "doses", "event", f"doses of {name} started in the step"),
+                Readout(f"tumour_{name}_pct_id", "%", "level",
+                        f"{name} in the reference tumour (free and internalised), % of the injected dose"),
+                Readout(f"released_triggered_{name}", "-", "ratio",
+                        f"share of the payload released in tissue by {name} where its trigger is >= 1/2")]
+        for p in c.payloads:
+            out += [Readout(f"plasma_{p.name}_mg_per_L", "mg/L", "level",
+                            f"plasma {p.cfg.preset} released from {name}"),
+                    Readout(f"tumour_{p.name}_nM", "nM", "level", f"mean {p.name} over tumour cells"),
+                    Readout(f"exposure_ratio_{p.name}", "-", "ratio",
+                            f"AUC of {p.name} over tumour cells / AUC of unbound {p.name} in plasma, so far")]
+    return out
 
 
 class _Drug:
@@ -100,28 +157,16 @@ class _Drug:
 
     def advance(self, t0: float, t1: float) -> int:
         """Advance the compartments from ``t0`` to ``t1`` (min) exactly; return the doses started in between."""
-        starts = [(s, mg, d) for s, mg, d in self.doses if t0 <= s < t1]
-        cuts = {t0, t1}
-        for s, _, d in self.doses:
-            for edge in (s, s + d):
-                if t0 < edge < t1:
-                    cuts.add(edge)
-        points = sorted(cuts)
-        for a, b in zip(points[:-1], points[1:]):
-            for s, mg, d in starts:
-                if s == a and d == 0:
-                    self.amounts[self.model.dosing] += mg * self.bioavailability
-            rate = sum(mg / d * 1440.0 * self.bioavailability for s, mg, d in self.doses if d > 0 and s <= a < s + d)
-            self.amounts = propagate(self.model, self.amounts, (b - a) / 1440.0, rate)
-        self.doses_given += len(starts)
-        return len(starts)
+        self.amounts, started = advance_with_doses(self.model, self.amounts, self.doses, t0, t1, self.bioavailability)
+        self.doses_given += started
+        return started
 
 
 @rule("pharmacokinetics", "systemic")
 def pharmacokinetics(world, params, rng, intents) -> None:
     """Advance every drug's compartments over the step (doses and infusions on their exact times)."""
     t0 = world.time_min
-    for d in params.drugs.values():
+    for d in [*params.drugs.values(), *params.carriers.values()]:
         params.doses_this_step[d.name] = d.advance(t0, t0 + world.dt_min)
     for slug, binders in params.plasma_binders.items():
         s = sum(d.plasma_nM * d.cfg.fraction_unbound / kd for d, kd in binders)
@@ -135,6 +180,12 @@ def delivery(world, params, rng, intents) -> None:
         t = d.cfg.tissue
         supply(world, d.name, t.vascular_permeability_um_per_min * t.vessel_surface_per_volume_per_um,
                d.plasma_nM * d.cfg.fraction_unbound)
+
+
+@rule("carrier_delivery", "exchange")
+def carrier_delivery(world, params, rng, intents) -> None:
+    """Nanoparticle carriers: extravasation, uptake by cells, payload release and released-payload exchange."""
+    carrier_exchange(world, params)
 
 
 @rule("occupancy", "signal")
@@ -178,9 +229,9 @@ def caf_depletion(world, params, rng, intents) -> None:
     intents.kill("caf", die, "depleted")
 
 
-RULES = {r.name: r for r in (vaccination, pharmacokinetics, delivery, occupancy, antigen_restoration, treg_depletion,
-                             caf_depletion, chemotherapy, adc_payload, radiation, adoptive_transfer, virus_exchange,
-                             virus_infection)}
+RULES = {r.name: r for r in (vaccination, pharmacokinetics, delivery, carrier_delivery, occupancy, antigen_restoration,
+                             treg_depletion, caf_depletion, chemotherapy, adc_payload, radiation, adoptive_transfer,
+                             virus_exchange, virus_infection)}
 
 #: Priorities of the therapy's causes of death per table (unique within a table across all modules); the
 #: chemotherapy causes of tumour cells take ``TUMOUR_CHEMO_PRIORITY + i`` for the i-th chemotherapy, the ADC causes
@@ -201,7 +252,12 @@ class TherapyModule(BaseModule):
     @classmethod
     def from_config(cls, config, namespaced: bool = True) -> TherapyModule:
         """The module with the sections of ``config`` it reads."""
-        drugs = {name: _Drug(name, d, config.patient) for name, d in config.therapy.items()}
+        patient = config.patient
+        drugs = {name: _Drug(name, d, patient) for name, d in config.therapy.items()
+                 if not isinstance(d, CarrierConfig)}
+        carriers = {name: Carrier(name, d, dose_events(d, patient)) for name, d in config.therapy.items()
+                    if isinstance(d, CarrierConfig)}
+        payloads = {p.name: p for c in carriers.values() for p in c.payloads}
         cytotoxic = {name: d for name, d in drugs.items() if d.cfg.kind == "chemotherapy"}
         adcs = {name: d for name, d in drugs.items() if d.cfg.kind == "antibody_drug_conjugate"}
         for d in adcs.values():
@@ -211,20 +267,24 @@ class TherapyModule(BaseModule):
         vaccines = {name: (v, v.dose_times_min()) for name, v in config.vaccine.items()}
         tissue_binders: dict[str, list] = {}
         plasma_binders: dict[str, list] = {}
-        for name, d in drugs.items():
+        for name, d in [*drugs.items(), *payloads.items()]:
             for tg in d.cfg.targets:
                 slug = target_slug(tg.target)
                 tissue_binders.setdefault(slug, []).append((name, tg.kd_nM))
                 if slug == "ctla4":  # CTLA-4 acts in the lymph node: plasma occupancy too
                     plasma_binders.setdefault(slug, []).append((d, tg.kd_nM))
-        params = Params(drugs=drugs, tissue_binders=tissue_binders, plasma_binders=plasma_binders,
+        params = Params(drugs=drugs, carriers=carriers, payloads=payloads, accounts={},
+                        tissue_binders=tissue_binders, plasma_binders=plasma_binders,
                         effects=config.effects, margin_um=config.immune.phenotype.margin_um,
-                        doses_this_step={n: 0 for n in drugs}, configs=config.therapy, cytotoxic=cytotoxic,
-                        courses=courses, fractions_this_step={n: 0 for n in courses}, tumour=config.tumour, adcs=adcs,
-                        infusions=infusions, infusions_this_step={n: 0 for n in infusions}, vaccines=vaccines,
+                        ecm_hindrance=config.immune.ecm.diffusion_hindrance, body_weight_kg=patient.body_weight_kg,
+                        doses_this_step={n: 0 for n in [*drugs, *carriers]}, configs=config.therapy,
+                        cytotoxic=cytotoxic, courses=courses, fractions_this_step={n: 0 for n in courses},
+                        tumour=config.tumour, adcs=adcs, infusions=infusions,
+                        infusions_this_step={n: 0 for n in infusions}, vaccines=vaccines,
                         vaccine_doses_this_step={n: 0 for n in vaccines},
                         viruses={name: Virus(name, v) for name, v in config.virus.items()}, namespaced=namespaced)
-        return cls(params, list(RULES))
+        rules = [r for r in RULES if r != "carrier_delivery" or carriers]
+        return cls(params, rules)
 
     def declare(self) -> Declaration:
         """One field per drug, one occupancy layer per bound target, Treg and CAF depletion, readouts."""
@@ -236,11 +296,13 @@ class TherapyModule(BaseModule):
                                     math.log(2.0) / t.tissue_clearance_half_life_min, 0.0, _NOFLUX,
                                     ecm_hindered=t.ecm_hindered, solver=t.solver,
                                     absolute_tolerance=DRUG_ABSOLUTE_TOLERANCE_NM))
+        fields += carrier_fields(p)
         readouts = []
         for name in p.drugs:
             readouts += [Readout(f"plasma_{name}_mg_per_L", "mg/L", "level", f"plasma concentration of {name}"),
                          Readout(f"tumour_{name}_nM", "nM", "level", f"mean {name} over tumour cells"),
                          Readout(f"doses_{name}", "doses", "event", f"doses of {name} started in the step")]
+        readouts += carrier_readouts(p)
         for slug in p.tissue_binders:
             readouts += [Readout(f"occupancy_{slug}_{region}", "-", "ratio", f"mean {slug} occupancy in the {region}")
                          for region in ("core", "margin", "stroma")]
@@ -258,6 +320,7 @@ class TherapyModule(BaseModule):
             death_causes=[DeathCause("tcell", "depleted", 3, "treg_depleted"),
                           DeathCause("caf", "depleted", 1, "caf_depleted"), *causes, *virus_causes],
             rules=[*([vaccination] if p.vaccines else []), pharmacokinetics, delivery,
+                   *([carrier_delivery] if p.carriers else []),
                    dataclasses.replace(occupancy, writes=tuple(f"layer:occupancy_{s}" for s in p.tissue_binders)
                                        + ((f"layer:{SUSTAINED_VEGF}",) if "vegf" in p.tissue_binders else ())),
                    *([antigen_restoration] if "dnmt1" in p.tissue_binders else []),
@@ -345,12 +408,13 @@ class TherapyModule(BaseModule):
 
     def seed(self, world, rng) -> None:
         """Nothing in tissue at the start; doses follow their schedules."""
+        self.params.accounts = {name: Account(world, c) for name, c in self.params.carriers.items()}
 
     def commit(self, world, record, intents, events: dict) -> None:
-        """Doses and fractions of the step, the virus bursts of lysed cells, the extra antigen of immunogenic deaths.
+        """Doses and fractions of the step, carrier accounts, virus bursts, the antigen of immunogenic deaths.
 
-        A lysed tumour cell adds ``burst_pfu / dx³`` to the virus field in its voxel (one cell per voxel: the
-        voxels are distinct).
+        Carriers update their internalised pool and exposure integrals. A lysed tumour cell adds ``burst_pfu / dx³``
+        to the virus field in its voxel (one cell per voxel: the voxels are distinct).
         """
         p = self.params
         dead = record.dead.get("tumour")
@@ -362,6 +426,8 @@ class TherapyModule(BaseModule):
                 world.fields[name].data.reshape(-1)[lysed] += world.dtype.type(v.cfg.burst_pfu / v.voxel_mL)
         for name, n in p.doses_this_step.items():
             events[f"doses_{name}"] = world.xp.asarray(float(n))
+        if p.carriers:
+            carrier_commit(world, p)
         for name, n in p.fractions_this_step.items():
             events[f"doses_{name}"] = world.xp.asarray(float(n))
             events[f"dose_{name}_Gy"] = world.xp.asarray(n * p.courses[name].cfg.dose_Gy)
@@ -386,9 +452,17 @@ class TherapyModule(BaseModule):
         out = {}
         vox = world.tables["tumour"]["voxel"]
         n = max(int(vox.shape[0]), 1)
-        for name, d in self.params.drugs.items():
+        for name, d in [*self.params.drugs.items(), *self.params.payloads.items()]:
             out[f"plasma_{name}_mg_per_L"] = xp.asarray(d.plasma_mg_per_L)
             out[f"tumour_{name}_nM"] = world.fields[name].data.reshape(-1).take(vox).astype(np.float64).sum() / n
+        for name, c in self.params.carriers.items():
+            acc = self.params.accounts[name]
+            out[f"plasma_{name}_mg_per_L"] = xp.asarray(c.plasma_mg_per_L)
+            out[f"tumour_{name}_pct_id"] = pct_injected_dose(world, c, acc, self.params.body_weight_kg)
+            out[f"released_triggered_{name}"] = acc.released_triggered / xp.maximum(acc.released, 1e-300)
+            for pl in c.payloads:
+                auc_p = acc.auc_plasma[pl.name]
+                out[f"exposure_ratio_{pl.name}"] = acc.auc_tumour[pl.name] / auc_p if auc_p > 0 else xp.zeros(())
         if self.params.tissue_binders:
             regions = lesion_regions(world, self.params.margin_um)
             for slug in self.params.tissue_binders:
@@ -431,15 +505,24 @@ class TherapyModule(BaseModule):
         for name, v in self.params.viruses.items():
             pending = [t for t in v.times_min if t >= world.time_min]
             out[name] = {"doses_given": v.doses_given, "pending_dose_times_min": np.asarray(pending, np.float64)}
+        for name, c in self.params.carriers.items():
+            pending = [s for s, _, _ in c.doses if s >= world.time_min]
+            out[name] = {"amounts_mg": c.amounts.copy(), "compartments": ",".join(c.model.names),
+                         "doses_given": c.doses_given, "pending_dose_times_min": np.asarray(pending, np.float64),
+                         **self.params.accounts[name].state(world)}
         return out
 
     def load_state(self, world, state: dict | None) -> None:
-        """Restore the compartments and counters; a therapy new at a branch may not have doses before it."""
-        for name, d in self.params.drugs.items():
+        """Restore the compartments; a drug new at a branch starts empty and may not have doses before it."""
+        if not self.params.accounts:
+            self.params.accounts = {name: Account(world, c) for name, c in self.params.carriers.items()}
+        for name, d in [*self.params.drugs.items(), *self.params.carriers.items()]:
             own = (state or {}).get(name)
             if own is not None:
                 d.amounts = np.asarray(own["amounts_mg"], dtype=np.float64).copy()
                 d.doses_given = int(own["doses_given"])
+                if name in self.params.accounts:
+                    self.params.accounts[name].load(world, own)
                 continue
             past = [s for s, _, _ in d.doses if s < world.time_min]
             if past:
