@@ -6,6 +6,10 @@ enforces it). Each adapter is imported on first use, so importing :mod:`abm.adap
 ``TMEModel``
     A ``mesa.Model`` over :class:`abm.model.Simulation` (:mod:`abm.adapters.mesa_model`; needs
     ``pip install 'tme-abm[mesa]'``).
+
+:mod:`abm.adapters.dask_runner`
+    The Dask and SLURM (dask-jobqueue) back ends of :func:`abm.cohort.executors.run_tasks` (needs
+    ``pip install 'tme-abm[cluster]'``).
 """
 
 from __future__ import annotations
