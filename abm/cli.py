@@ -244,6 +244,90 @@ def _cmd_viz(args) -> int:
     os._exit(0)
 
 
+def _batch_executor(args, sweep_path):
+    """The executor of ``tme batch``: the sweep's ``[executor]`` table with the command line's flags on top."""
+    from abm.cohort.sweep import load_sweep
+
+    spec = load_sweep(sweep_path)[0].executor.spec()
+    try:
+        return _executor_flags(args, spec)
+    except ValueError as exc:  # ExecutorSpec refuses a count below 1
+        raise UserError(str(exc)) from None
+
+
+def _executor_flags(args, spec):
+    import dataclasses
+
+    from abm.cohort.executors import ExecutorSpec, SlurmSpec
+
+    if args.slurm:
+        slurm = spec.slurm or SlurmSpec()
+        changes = {k: v for k, v in (("account", args.account), ("partition", args.partition),
+                                     ("gpus_per_job", args.gpus_per_job), ("walltime", args.walltime),
+                                     ("jobs", args.jobs)) if v is not None}
+        return dataclasses.replace(spec, kind="slurm", slurm=dataclasses.replace(slurm, **changes))
+    if args.scheduler or args.dask_local:
+        return dataclasses.replace(spec, kind="dask", scheduler=args.scheduler, dask_local=args.dask_local)
+    if args.workers is not None:
+        return ExecutorSpec(kind="local", workers=args.workers)
+    return spec
+
+
+def _cmd_batch(args) -> int:
+    try:
+        import pandas  # noqa: F401  (the summary tables)
+        import pyarrow  # noqa: F401  (summary.parquet)
+    except ImportError as exc:
+        raise UserError(f"tme batch needs pandas and pyarrow: pip install 'tme-abm[batch]' ({exc})") from None
+    from abm.cohort.batch import BatchInterrupted, describe_batch, run_batch
+
+    _check_nesting(list(args.set or []))
+    executor = _batch_executor(args, args.sweep)
+    try:
+        result = run_batch(args.sweep, executor=executor, out_dir=args.out, overrides=list(args.set or []),
+                           progress=not args.quiet)
+    except BatchInterrupted as exc:
+        print(f"tme: {exc}", file=sys.stderr)
+        print(describe_batch(exc.result))
+        return EXIT_INTERRUPTED
+    print(describe_batch(result))
+    return 1 if result.counts.get("failed") else 0
+
+
+def _cmd_trial(args) -> int:
+    from pathlib import Path
+
+    try:
+        import lifelines  # noqa: F401
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"tme trial needs pandas, pyarrow and lifelines ({exc}); install them with "
+                        "pip install 'tme-abm[trial]'") from None
+    from abm.cohort.trial import run_trial
+    from abm.cohort.trial_report import format_summary
+    from abm.cohort.trial_spec import load_trial
+
+    overrides = list(args.set or [])
+    _check_nesting(overrides)
+    if args.patients is not None and args.patients < 1:
+        raise UserError(f"--patients {args.patients}: expected at least 1")
+    trial = load_trial(args.trial, overrides, patients=args.patients)
+    try:
+        executor = _executor_flags(args, trial.spec.executor.spec())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    out = Path(args.out) if args.out else Path("runs") / trial.spec.name
+    try:
+        result = run_trial(trial, out, executor, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"tme: trial stopped; finished runs in {out} are kept: run the same command again to continue",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(format_summary(result, trial))
+    return 1 if result.failures else 0
+
+
 def _cmd_config_schema(args) -> int:
     from abm.config import Config
 
@@ -346,6 +430,41 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     sp.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     sp.set_defaults(func=_cmd_viz)
+
+    sp = sub.add_parser("batch", help="run a parameter sweep (grid, zip, LHS/Sobol, replicates); resumable")
+    sp.add_argument("sweep", help="sweep file (TOML; docs/BATCH.md)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a config value for every member (TOML syntax), added to the sweep's [set]; repeatable")
+    sp.add_argument("--out", help="batch directory (default: the sweep's out, else runs/<name>)")
+    sp.add_argument("--workers", type=int, metavar="N", help="local process pool of N workers (1: serially)")
+    sp.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask scheduler, e.g. tcp://host:8786")
+    sp.add_argument("--dask-local", type=int, metavar="N", help="run on a Dask LocalCluster of N workers")
+    sp.add_argument("--slurm", action="store_true", help="run on SLURM jobs via dask-jobqueue (docs/CLUSTER.md)")
+    sp.add_argument("--account", help="SLURM account (with --slurm)")
+    sp.add_argument("--partition", help="SLURM partition (with --slurm)")
+    sp.add_argument("--gpus-per-job", type=int, metavar="G", help="GPUs per SLURM job (with --slurm)")
+    sp.add_argument("--walltime", metavar="HH:MM:SS", help="SLURM job time limit (with --slurm)")
+    sp.add_argument("--jobs", type=int, metavar="J", help="SLURM jobs to keep running (with --slurm)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_cmd_batch)
+
+    sp = sub.add_parser("trial", help="a virtual clinical trial: patients drawn from distributions, paired arms")
+    sp.add_argument("trial", help="trial file (TOML; docs/TRIALS.md)")
+    sp.add_argument("--patients", type=int, metavar="N", help="number of patients (replaces the file's)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="change a value of the trial file (TOML syntax), e.g. follow_up_days=14; repeatable")
+    sp.add_argument("-o", "--out", help="trial directory (default runs/<name>)")
+    sp.add_argument("--workers", type=int, metavar="N", help="local process pool of N workers (1: serially)")
+    sp.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask scheduler, e.g. tcp://host:8786")
+    sp.add_argument("--dask-local", type=int, metavar="N", help="run on a Dask LocalCluster of N workers")
+    sp.add_argument("--slurm", action="store_true", help="run on SLURM jobs via dask-jobqueue (docs/CLUSTER.md)")
+    sp.add_argument("--account", help="SLURM account (with --slurm)")
+    sp.add_argument("--partition", help="SLURM partition (with --slurm)")
+    sp.add_argument("--gpus-per-job", type=int, metavar="G", help="GPUs per SLURM job (with --slurm)")
+    sp.add_argument("--walltime", metavar="HH:MM:SS", help="SLURM job time limit (with --slurm)")
+    sp.add_argument("--jobs", type=int, metavar="J", help="SLURM jobs to keep running (with --slurm)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_cmd_trial)
 
     sp = sub.add_parser("config", help="config utilities")
     csub = sp.add_subparsers(dest="config_command", metavar="SUBCOMMAND")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abm.analysis import RECIST_PD_RISE, RECIST_PR_DROP, recist_categories
+from abm.analysis import RECIST_PD_RISE, RECIST_PR_DROP, RECIST_SD_MIN_DAYS, best_response
 from abm.io.run import open_run
 from abm.plots import _days, _pyplot, drug_metrics
 
@@ -32,12 +32,6 @@ __all__ = ["RECIST_SD_MIN_DAYS", "CompareResult", "CompareRow", "RunSeries", "be
            "therapy_label"]
 
 _TIME_TOL_MIN = 1e-6
-_RESPONSE_RANK = {"CR": 0, "PR": 1, "SD": 2, "PD": 3}
-
-#: Minimum time (days) from the baseline without progression for SD to be the best response. RECIST 1.1 leaves
-#: it to the protocol, "in general not less than 6-8 weeks" (Eisenhauer et al. 2009, Eur J Cancer 45:228);
-#: this is the lower end.
-RECIST_SD_MIN_DAYS = 42.0
 
 # Immune panels: (panel name, title, series drawn with their line styles).
 _IMMUNE_PANELS = (
@@ -258,56 +252,6 @@ def _from_baseline(run: RunSeries, name: str, t0: float) -> np.ndarray:
     t, values = run.t_min, np.asarray(run.ts[name], dtype=np.float64)
     after = t > t0 + _TIME_TOL_MIN
     return np.concatenate([[_at(t, values, t0)], values[after]])
-
-
-def best_response(time_min, diameter_um, tumour_cells=None, sd_min_days: float = RECIST_SD_MIN_DAYS) -> str:
-    """Best overall response by RECIST 1.1 on one lesion's diameter, the first value being the baseline.
-
-    Each time point after the baseline is CR (no tumour cells, or no lesion), PR (at most 30 % below the
-    baseline), PD (at least 20 % above the nadir) or SD (:func:`abm.analysis.recist_categories`). The best
-    response is the best one recorded up to and including the first PD; no confirmation of CR or PR is asked.
-    SD is the best response only where the lesion has not progressed within ``sd_min_days`` of the baseline
-    (RECIST's minimum interval for SD); a run that progresses sooner is PD, and one that ends without
-    progressing is SD however short it is. Without this rule the first recorded step after the baseline,
-    minutes later, would make almost every growing tumour SD.
-
-    Parameters
-    ----------
-    time_min : array_like, shape (T,)
-        Times (min) of the values, the baseline first.
-    diameter_um : array_like, shape (T,)
-        Lesion diameter (µm) at the baseline and each later time point.
-    tumour_cells : array_like, shape (T,), optional
-        Live tumour cells at the same times.
-    sd_min_days : float
-        Minimum time (days) from the baseline without progression for SD to count.
-
-    Returns
-    -------
-    str
-        ``"CR"``, ``"PR"``, ``"SD"`` or ``"PD"``; ``"NE"`` (not evaluable) without a finite, positive baseline
-        or a time point after it.
-    """
-    t = np.asarray(time_min, dtype=np.float64)
-    d = np.asarray(diameter_um, dtype=np.float64)
-    cells = None if tumour_cells is None else np.asarray(tumour_cells, dtype=np.float64)
-    keep = np.isfinite(d)
-    if not d.size or not keep[0] or d[0] <= 0:
-        return "NE"
-    t, d = t[keep], d[keep]
-    categories = recist_categories(d)
-    if cells is not None:
-        categories[np.nan_to_num(cells[keep], nan=1.0) <= 0] = "CR"
-    after = categories[1:]
-    if not after.size:
-        return "NE"
-    progressed = np.nonzero(after == "PD")[0]
-    if progressed.size:
-        after = after[: progressed[0] + 1]
-    best = min(after.tolist(), key=_RESPONSE_RANK.__getitem__)
-    if best == "SD" and progressed.size and t[1 + progressed[0]] - t[0] < sd_min_days * 1440.0 - _TIME_TOL_MIN:
-        return "PD"
-    return best
 
 
 def _row(run: RunSeries, label: str, t0: float, sd_min_days: float) -> CompareRow:

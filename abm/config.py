@@ -27,7 +27,7 @@ from abm.modules.therapy.cytotoxic_config import RadiotherapyConfig
 from abm.modules.therapy.virus_config import VirusConfig
 from abm.modules.tumour.config import InitialTumourConfig, TumourConfig
 from abm.modules.vasculature.config import OxygenConfig, VesselsConfig
-from abm.schema import Positive, Section
+from abm.schema import NonNegative, Positive, Section
 
 __all__ = [
     "Config",
@@ -147,6 +147,13 @@ class OutputConfig(Section):
     )
     snapshot_interval_min: Positive = Field(
         default=1440.0, description="Simulated minutes between snapshots (rounded to whole steps); 1440 = daily."
+    )
+    snapshots: Literal["interval", "final", "none"] | list[NonNegative] = Field(
+        default="interval",
+        description="Which snapshots to write: 'interval' (step 0, every snapshot_interval_min and the end), "
+        "'final' (the end only), 'none' (time series only; such a run cannot be replayed) or a list of times in "
+        "minutes (each rounded to a whole step; times the run does not reach are not written). Parameter sweeps "
+        "cut their disk use with 'final' or 'none'. Model choice.",
     )
     timeseries_every_steps: Annotated[int, Field(ge=1)] = Field(
         default=1, description="Record the time series every k steps (steps)."
@@ -343,7 +350,12 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(cls.model_fields) if cls is not None else []
 
 
-def _format_errors(exc: ValidationError) -> list[str]:
+def _format_errors(exc: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
+    """One line per problem of ``exc``: the dotted key, the bad value and what was expected.
+
+    ``model`` is the schema that was validated (default :class:`Config`); an unknown key is answered with the
+    nearest valid name in it.
+    """
     problems = []
     for err in exc.errors():
         raw = tuple(err["loc"])
@@ -351,7 +363,7 @@ def _format_errors(exc: ValidationError) -> list[str]:
         path = ".".join(str(p) for p in loc) or "(top level)"
         value = err.get("input")
         if err["type"] == "extra_forbidden":
-            names = _fields_at(Config, raw)
+            names = _fields_at(model or Config, loc)
             near = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (near[0],))}'?" if near else ""
             valid = f" Valid keys here: {', '.join(names)}." if names else ""

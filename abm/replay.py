@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from abm.config import ConfigError, apply_overrides, parse_config
+from abm.config import Config, ConfigError, apply_overrides, parse_config
 from abm.io.reader import RunFileError
 from abm.io.run import open_run
 
-__all__ = ["default_replay_dir", "replay_run"]
+__all__ = ["branch_config", "default_replay_dir", "read_therapy_file", "replay_run"]
 
 
-def _read_therapy_file(path) -> dict:
+def read_therapy_file(path) -> dict:
     """The tables of a therapy file; only ``therapy``, ``radiotherapy``, ``virus``, ``patient`` and ``effects``."""
     import tomllib
 
@@ -44,6 +44,44 @@ def _read_therapy_file(path) -> dict:
         raise ConfigError([f"{', '.join(unknown)}: a therapy file holds only [therapy.<name>], "
                            "[radiotherapy.<name>], [virus.<name>], [patient] and [effects] tables"], str(path))
     return data
+
+
+def branch_config(data: dict, parent_backend: str | None, overrides: list[str], therapy: dict | None = None,
+                  source: str = "branch") -> Config:
+    """The config of a branch: the parent's resolved config with a therapy file's tables and the overrides.
+
+    Parameters
+    ----------
+    data : dict
+        The parent's resolved config as a raw mapping (:meth:`abm.io.RunFile.config_dict`); changed in place.
+    parent_backend : str or None
+        The backend that wrote the parent; the branch keeps it unless an override names ``backend``, so an
+        unchanged replay continues bit-identically.
+    overrides : list of str
+        ``KEY=VALUE`` changes (TOML values), applied last.
+    therapy : dict, optional
+        The tables of a therapy file (:func:`read_therapy_file`): its ``[therapy.<name>]``, ``[radiotherapy.<name>]``
+        and ``[virus.<name>]`` tables are added (one of the same name replaces the parent's) and its ``[patient]``
+        and ``[effects]`` keys merged in.
+    source : str
+        Names the config in error messages.
+
+    Raises
+    ------
+    abm.config.ConfigError
+        If an override is malformed or the changed config is invalid.
+    """
+    if parent_backend and not any(o.partition("=")[0].strip() == "backend" for o in overrides):
+        data["backend"] = parent_backend
+    if therapy is not None:
+        data.setdefault("therapy", {}).update(therapy.get("therapy", {}))
+        for section in ("radiotherapy", "virus"):
+            if section in therapy:
+                data.setdefault(section, {}).update(therapy[section])
+        for key in ("patient", "effects"):
+            if key in therapy:
+                data[key] = {**data.get(key, {}), **therapy[key]}
+    return parse_config(apply_overrides(data, list(overrides)), source)
 
 
 def default_replay_dir(parent_file: Path, time_min: float) -> Path:
@@ -111,18 +149,8 @@ def replay_run(
         data = run.config_dict()
         parent_backend = run.attrs.get("backend")
         state = run.state(branch_time)
-    if parent_backend and not any(o.partition("=")[0].strip() == "backend" for o in overrides):
-        data["backend"] = parent_backend
-    if therapy_file is not None:
-        extra = _read_therapy_file(therapy_file)
-        data.setdefault("therapy", {}).update(extra.get("therapy", {}))
-        for section in ("radiotherapy", "virus"):
-            if section in extra:
-                data.setdefault(section, {}).update(extra[section])
-        for key in ("patient", "effects"):
-            if key in extra:
-                data[key] = {**data.get(key, {}), **extra[key]}
-    config = parse_config(apply_overrides(data, overrides), f"{path} with --set")
+    extra = read_therapy_file(therapy_file) if therapy_file is not None else None
+    config = branch_config(data, parent_backend, overrides, extra, f"{path} with --set")
     end = config.time.duration_min if until_min is None else float(until_min)
     if end <= branch_time:
         raise RunFileError(

@@ -18,7 +18,7 @@ from abm.config import Config, config_to_toml
 from abm.io.writer import RunWriteError, RunWriter
 from abm.model import Simulation
 
-__all__ = ["OutputExistsError", "RunInterrupted", "RunResult", "run_simulation"]
+__all__ = ["OutputExistsError", "RunInterrupted", "RunResult", "SnapshotPlan", "run_simulation"]
 
 log = logging.getLogger("tme")
 
@@ -73,6 +73,41 @@ class _StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         return False
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """Which steps get a snapshot, from ``output.snapshots`` (docs/FORMAT.md, Snapshots).
+
+    ``kind`` is ``"interval"`` (step 0, every ``every`` steps and the end), ``"final"`` (the end only),
+    ``"none"`` or ``"times"`` (the steps in ``steps``). A run stopped by Ctrl-C ends with a snapshot unless the
+    kind is ``"none"``.
+    """
+
+    kind: str
+    every: int = 1
+    steps: frozenset = frozenset()
+
+    @classmethod
+    def of(cls, output, dt_min: float) -> SnapshotPlan:
+        """The plan of an ``[output]`` config section for steps of ``dt_min`` minutes."""
+        if isinstance(output.snapshots, list):
+            return cls("times", steps=frozenset(int(round(t / dt_min)) for t in output.snapshots))
+        return cls(output.snapshots, every=max(1, int(round(output.snapshot_interval_min / dt_min))))
+
+    def at_start(self, step: int) -> bool:
+        """Whether the state the run starts from (step ``step``) is written."""
+        return self.kind == "interval" or (self.kind == "times" and step in self.steps)
+
+    def at_step(self, step: int) -> bool:
+        """Whether the state after step ``step`` (counted from 0 at the start of the original run) is written."""
+        if self.kind == "interval":
+            return step % self.every == 0
+        return self.kind == "times" and step in self.steps
+
+    def at_end(self, interrupted: bool) -> bool:
+        """Whether the last state is written when it has not been already."""
+        return self.kind in ("interval", "final") or (interrupted and self.kind != "none")
 
 
 def prepare_output_dir(out_dir: Path, overwrite: bool) -> Path:
@@ -157,7 +192,7 @@ def run_simulation(
         sim = sim or Simulation(config)
         end_min = config.time.duration_min if until_min is None else until_min
         n_steps = max(0, int(round((end_min - sim.time_min) / sim.dt_min)))
-        snap_every = max(1, int(round(config.output.snapshot_interval_min / sim.dt_min)))
+        plan = SnapshotPlan.of(config.output, sim.dt_min)
         ts_every = config.output.timeseries_every_steps
         log.info("run '%s': backend %s, grid %s, %d steps of %g min from t = %g min, seed %d", config.name,
                  sim.backend.name, list(sim.shape), n_steps, sim.dt_min, sim.time_min, config.seed)
@@ -168,8 +203,10 @@ def run_simulation(
         )
         metrics = sim.metrics()
         writer.record(metrics)
-        writer.write_snapshot(sim.state())
-        last_snapshot_step = sim.step_index
+        last_snapshot_step = None
+        if plan.at_start(sim.step_index):
+            writer.write_snapshot(sim.state())
+            last_snapshot_step = sim.step_index
         interrupted = False
         bar = tqdm(total=n_steps, unit="step", disable=not progress, dynamic_ncols=True, leave=True)
         try:
@@ -180,7 +217,7 @@ def run_simulation(
                     if since_start % ts_every == 0:
                         metrics = sim.metrics()
                         writer.record(metrics)
-                    if since_start % snap_every == 0:
+                    if plan.at_step(since_start):
                         writer.write_snapshot(sim.state())
                         last_snapshot_step = sim.step_index
                     bar.update(1)
@@ -196,7 +233,7 @@ def run_simulation(
                 if sim.step_index % ts_every != 0:
                     metrics = sim.metrics()
                     writer.record(metrics)
-                if last_snapshot_step != sim.step_index:
+                if last_snapshot_step != sim.step_index and plan.at_end(interrupted):
                     writer.write_snapshot(sim.state())
         except BaseException:
             writer.abort()  # keeps every snapshot already flushed

@@ -43,7 +43,8 @@ def test_engine_imports_no_module_and_kernels_import_nothing_from_abm():
     for path in (REPO / "abm").rglob("*.py"):
         if "adapters" in path.parts:
             continue
-        bad = {n for n in _imports(path) if n.split(".")[0] in ("mesa", "solara", "dask", "dask_jobqueue")}
+        bad = {n for n in _imports(path)
+               if n.split(".")[0] in ("mesa", "solara", "dask", "distributed", "dask_jobqueue")}
         assert not bad, f"{path} imports {bad}"
 
 

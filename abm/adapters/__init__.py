@@ -9,6 +9,10 @@ enforces it). Each adapter is imported on first use, so importing :mod:`abm.adap
 ``tme viz``
     The interactive browser view (:mod:`abm.adapters.viz`; Solara and Mesa's visualisation, needs
     ``pip install 'tme-abm[viz]'``).
+
+:mod:`abm.adapters.dask_runner`
+    The Dask and SLURM (dask-jobqueue) back ends of :func:`abm.cohort.executors.run_tasks` (needs
+    ``pip install 'tme-abm[cluster]'``).
 """
 
 from __future__ import annotations
