@@ -342,6 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    def executor_args(sp):
+        """Where the members of a batch or the patients of a trial run (docs/CLUSTER.md)."""
+        sp.add_argument("--workers", type=int, metavar="N", help="local process pool of N workers (1: serially)")
+        sp.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask scheduler, e.g. tcp://host:8786")
+        sp.add_argument("--dask-local", type=int, metavar="N", help="run on a Dask LocalCluster of N workers")
+        sp.add_argument("--slurm", action="store_true", help="run on SLURM jobs via dask-jobqueue (docs/CLUSTER.md)")
+        sp.add_argument("--account", help="SLURM account (with --slurm)")
+        sp.add_argument("--partition", help="SLURM partition (with --slurm)")
+        sp.add_argument("--gpus-per-job", type=int, metavar="G", help="GPUs per SLURM job (with --slurm)")
+        sp.add_argument("--walltime", metavar="HH:MM:SS", help="SLURM job time limit (with --slurm)")
+        sp.add_argument("--jobs", type=int, metavar="J", help="SLURM jobs to keep running (with --slurm)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
     def config_args(sp):
         sp.add_argument("config", help="TOML config file")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -436,16 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="a config value for every member (TOML syntax), added to the sweep's [set]; repeatable")
     sp.add_argument("--out", help="batch directory (default: the sweep's out, else runs/<name>)")
-    sp.add_argument("--workers", type=int, metavar="N", help="local process pool of N workers (1: serially)")
-    sp.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask scheduler, e.g. tcp://host:8786")
-    sp.add_argument("--dask-local", type=int, metavar="N", help="run on a Dask LocalCluster of N workers")
-    sp.add_argument("--slurm", action="store_true", help="run on SLURM jobs via dask-jobqueue (docs/CLUSTER.md)")
-    sp.add_argument("--account", help="SLURM account (with --slurm)")
-    sp.add_argument("--partition", help="SLURM partition (with --slurm)")
-    sp.add_argument("--gpus-per-job", type=int, metavar="G", help="GPUs per SLURM job (with --slurm)")
-    sp.add_argument("--walltime", metavar="HH:MM:SS", help="SLURM job time limit (with --slurm)")
-    sp.add_argument("--jobs", type=int, metavar="J", help="SLURM jobs to keep running (with --slurm)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    executor_args(sp)
     sp.set_defaults(func=_cmd_batch)
 
     sp = sub.add_parser("trial", help="a virtual clinical trial: patients drawn from distributions, paired arms")
@@ -454,16 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="change a value of the trial file (TOML syntax), e.g. follow_up_days=14; repeatable")
     sp.add_argument("-o", "--out", help="trial directory (default runs/<name>)")
-    sp.add_argument("--workers", type=int, metavar="N", help="local process pool of N workers (1: serially)")
-    sp.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask scheduler, e.g. tcp://host:8786")
-    sp.add_argument("--dask-local", type=int, metavar="N", help="run on a Dask LocalCluster of N workers")
-    sp.add_argument("--slurm", action="store_true", help="run on SLURM jobs via dask-jobqueue (docs/CLUSTER.md)")
-    sp.add_argument("--account", help="SLURM account (with --slurm)")
-    sp.add_argument("--partition", help="SLURM partition (with --slurm)")
-    sp.add_argument("--gpus-per-job", type=int, metavar="G", help="GPUs per SLURM job (with --slurm)")
-    sp.add_argument("--walltime", metavar="HH:MM:SS", help="SLURM job time limit (with --slurm)")
-    sp.add_argument("--jobs", type=int, metavar="J", help="SLURM jobs to keep running (with --slurm)")
-    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    executor_args(sp)
     sp.set_defaults(func=_cmd_trial)
 
     sp = sub.add_parser("config", help="config utilities")

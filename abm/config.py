@@ -27,7 +27,7 @@ from abm.modules.therapy.cytotoxic_config import RadiotherapyConfig
 from abm.modules.therapy.virus_config import VirusConfig
 from abm.modules.tumour.config import InitialTumourConfig, TumourConfig
 from abm.modules.vasculature.config import OxygenConfig, VesselsConfig
-from abm.schema import NonNegative, Positive, Section
+from abm.schema import NonNegative, Positive, Section, directory_name
 
 __all__ = [
     "Config",
@@ -228,10 +228,7 @@ class Config(Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        bad = set(v) & set('/\\:*?"<>|')
-        if bad or v in (".", ".."):
-            raise ValueError(f"'{v}' cannot name a directory (avoid {''.join(sorted(bad)) or v})")
-        return v
+        return directory_name(v)
 
     @model_validator(mode="after")
     def _geometry_consistent(self) -> Config:

@@ -21,6 +21,7 @@ __all__ = [
     "SoluteConfig",
     "check_names",
     "solute",
+    "directory_name",
 ]
 
 FaceBoundary = Literal["dirichlet", "noflux"]
@@ -112,3 +113,9 @@ def solute(name, unit, d, decay, d_src, decay_src):
     )
 
 
+def directory_name(v: str) -> str:
+    """``v`` if it can name a run directory (no path separators or characters Windows refuses), else ValueError."""
+    bad = set(v) & set('/\\:*?"<>|')
+    if bad or v in (".", ".."):
+        raise ValueError(f"'{v}' cannot name a directory (avoid {''.join(sorted(bad)) or v})")
+    return v

@@ -298,7 +298,11 @@ class _Pool:
 
 
 def _run_pool(fn, tasks, workers: int) -> Iterator[tuple[str, Any]]:
-    """A spawn-context process pool with at most ``2 x workers`` tasks submitted at a time."""
+    """A spawn-context process pool with at most ``workers`` tasks submitted at a time.
+
+    One task per worker and no more: a task handed to a :class:`ProcessPoolExecutor` may already sit in its call
+    queue, where it can no longer be cancelled, so on Ctrl-C it would run to the end after the others stopped.
+    """
     tasks = iter(tasks)
     suspects: list[tuple[str, Any]] = []  # tasks whose worker died: retried alone afterwards
     pool = _Pool(workers)
@@ -306,7 +310,7 @@ def _run_pool(fn, tasks, workers: int) -> Iterator[tuple[str, Any]]:
     try:
         exhausted = False
         while True:
-            while not exhausted and len(running) < 2 * workers:
+            while not exhausted and len(running) < workers:
                 item = next(tasks, None)
                 if item is None:
                     exhausted = True

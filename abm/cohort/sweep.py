@@ -298,7 +298,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
         If the sweep file or its base config is missing, not TOML, or invalid (every problem with its key).
     """
     path = Path(path)
-    data = _read_toml(path, "sweep file")
+    data = read_toml(path, "sweep file")
     if overrides:
         data.setdefault("set", {})
         if isinstance(data["set"], dict):
@@ -308,7 +308,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, SweepConfig), str(path)) from None
     base = (path.parent / sweep.base).resolve() if not Path(sweep.base).is_absolute() else Path(sweep.base)
-    base_data = _read_toml(base, f"base config (base = {sweep.base!r} in {path})")
+    base_data = read_toml(base, f"base config (base = {sweep.base!r} in {path})")
     return sweep, base, base_data
 
 
@@ -323,7 +323,8 @@ def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def _read_toml(path: Path, what: str) -> dict:
+def read_toml(path: Path, what: str) -> dict:
+    """The tables of a TOML file, or a :class:`ConfigError` naming the file and what it was read as."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -26,9 +26,9 @@ import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from abm.analysis import RECIST_SD_MIN_DAYS
-from abm.cohort.sweep import ExecutorSection
+from abm.cohort.sweep import ExecutorSection, read_toml
 from abm.config import Config, ConfigError, _format_errors, apply_overrides, parse_config
-from abm.schema import NonNegative, Positive, Section
+from abm.schema import NonNegative, Positive, Section, directory_name
 
 __all__ = ["ArmPlan", "Distribution", "Patient", "Trial", "TrialSpec", "load_trial", "patient_seed_sequence"]
 
@@ -183,10 +183,7 @@ class TrialSpec(Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        bad = set(v) & set('/\\:*?"<>|')
-        if bad or v in (".", ".."):
-            raise ValueError(f"'{v}' cannot name a directory (avoid {''.join(sorted(bad)) or v})")
-        return v
+        return directory_name(v)
 
     @field_validator("arms")
     @classmethod
@@ -335,17 +332,6 @@ def flatten(table: dict, prefix: str = "") -> dict:
     return out
 
 
-def _read_toml(path: Path, what: str) -> dict:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"no such file: {path} ({what})"], str(path)) from None
-    except IsADirectoryError:
-        raise ConfigError([f"{path} is a directory, expected a TOML file ({what})"], str(path)) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"not valid TOML ({what}): {exc}"], str(path)) from None
-
-
 def _shift_schedules(therapy: dict, days: float) -> dict:
     """Drug tables with every dose time moved ``days`` later (``start_day``, or each of ``times_day``)."""
     out = copy.deepcopy(therapy)
@@ -364,7 +350,7 @@ def _shift_schedules(therapy: dict, days: float) -> dict:
 def _arm_plan(name: str, arm: ArmSpec, base: Path, start_day: float) -> ArmPlan:
     if arm.file is not None:
         path = (base / arm.file) if not Path(arm.file).is_absolute() else Path(arm.file)
-        data = _read_toml(path, f"arms.{name}.file")
+        data = read_toml(path, f"arms.{name}.file")
         therapy, effects = data.get("therapy", {}), {**data.get("effects", {}), **arm.effects}
         if not therapy:
             raise ConfigError([f"arms.{name}.file = '{arm.file}': {path} holds no [therapy.<name>] table; leave "
@@ -400,7 +386,7 @@ def load_trial(path, overrides: list[str] | None = None, patients: int | None = 
         message names the patient, the key and the value), or the treatment start is not a whole number of steps.
     """
     path = Path(path)
-    raw = _read_toml(path, "trial file")
+    raw = read_toml(path, "trial file")
     apply_overrides(raw, list(overrides or []))
     if patients is not None:
         raw["patients"] = patients
@@ -412,7 +398,7 @@ def load_trial(path, overrides: list[str] | None = None, patients: int | None = 
     scene: dict = {}
     if spec.scene is not None:
         scene_path = base / spec.scene if not Path(spec.scene).is_absolute() else Path(spec.scene)
-        scene = _read_toml(scene_path, "scene")
+        scene = read_toml(scene_path, "scene")
         if scene.get("therapy"):
             raise ConfigError([f"scene = '{spec.scene}' holds [therapy] tables ({', '.join(scene['therapy'])}); the "
                                "phase before treatment is untreated: give regimens as [arms.<name>]"], str(path))
