@@ -15,11 +15,11 @@ tasks finish, whatever runs them:
     Dask workers in SLURM jobs through ``dask_jobqueue.SLURMCluster`` (``slurm``: account, partition, GPUs per
     job, walltime...).
 
-An exception inside ``fn`` becomes a :class:`TaskFailure` for that task and never stops the others; so does a
-worker process that dies (in the local pool a task that takes its worker down is retried once alone, so the
-tasks that happened to run beside it are not blamed). A run that ``fn`` stopped cleanly on Ctrl-C or SIGTERM
-(:class:`abm.runner.RunInterrupted`) is a failure with ``interrupted = True`` and ``error_type``
-``"RunInterrupted"``.
+An exception inside ``fn`` becomes a :class:`TaskFailure` for that task and never stops the others; so do a
+payload or a result that cannot be pickled and a worker process that dies (in the local pool a task that takes
+its worker down is retried once alone, so the tasks that happened to run beside it are not blamed). A run that
+``fn`` stopped cleanly on Ctrl-C or SIGTERM (:class:`abm.runner.RunInterrupted`) is a failure with
+``interrupted = True`` and ``error_type`` ``"RunInterrupted"``.
 
 Ctrl-C in the caller cancels the tasks that have not started, asks the running ones to stop (SIGTERM, which
 :func:`abm.runner.run_simulation` turns into a clean stop with a final snapshot), yields what they return and
@@ -328,6 +328,8 @@ def _run_pool(fn, tasks, workers: int) -> Iterator[tuple[str, Any]]:
                     suspects.append((key, payload))
                     broken = True
                     continue
+                except Exception as exc:  # noqa: BLE001 (the payload or the result could not be pickled)
+                    result = failure_from(key, exc)
                 yield key, result
                 stopped = stopped or _is_run_interrupted(result)
             if stopped:  # the workers were told to stop (Ctrl-C to the process group, SIGTERM): stop the rest
@@ -354,6 +356,8 @@ def _run_alone(fn, key: str, payload: Any) -> Any:
         return fut.result()
     except BrokenProcessPool as exc:
         return TaskFailure(str(key), "WorkerDied", f"the worker process running it died ({exc})")
+    except Exception as exc:  # noqa: BLE001 (the payload or the result could not be pickled)
+        return failure_from(key, exc)
     except KeyboardInterrupt:
         for _ in _drain(pool, {fut: (key, payload)}):
             pass
@@ -374,6 +378,8 @@ def _drain(pool: _Pool, running: dict[Future, tuple[str, Any]]) -> Iterator[tupl
                 result = fut.result()
             except BrokenProcessPool as exc:
                 result = TaskFailure(str(key), "WorkerDied", f"the worker process running it died ({exc})")
+            except Exception as exc:  # noqa: BLE001 (the payload or the result could not be pickled)
+                result = failure_from(key, exc)
             if not (isinstance(result, TaskFailure) and result.error_type == "Cancelled"):
                 yield key, result
     except KeyboardInterrupt:
