@@ -19,18 +19,31 @@ the lattice boundary, half a voxel outside the outermost voxel centre.
 Everything that does not change between steps (the tridiagonal coefficients and, when there is no per-voxel
 sink, the whole Thomas factorisation) is precomputed once by :func:`lod_factors`. The sweeps run in place and
 use a caller-provided scratch buffer, so a step allocates nothing of lattice size.
+
+Two implementations of the same sweeps, chosen by the array namespace:
+
+- NumPy: the Thomas algorithm vectorised over all lines of the lattice, a loop over the lattice planes along the
+  swept axis (a few whole-plane array operations per plane), factors held as :class:`AxisFactors`;
+- CuPy: one launch of the compiled kernel of ``kernels/cuda/lod_lines.cu`` per axis solve, one GPU thread per
+  lattice line (see :mod:`kernels.lod_lines`), factors held as :class:`AxisLines`. A plane loop would cost a
+  kernel launch per array operation, thousands per step, and the GPU would wait on the launches. For a
+  spatially varying ``D`` the kernel reads the face conductances and forms the Thomas pivots itself, so a field
+  keeps one lattice-sized coefficient array per axis instead of five.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from kernels import lod_lines
 from kernels._xp import array_namespace
 
 __all__ = [
     "AxisFactors",
+    "AxisLines",
     "LODFactors",
     "implicit_reactions",
     "lod_diffuse",
@@ -81,6 +94,41 @@ class AxisFactors:
 
 
 @dataclass(frozen=True)
+class AxisLines:
+    """Coefficients of the one-thread-per-line solve along one axis (the CuPy path, ``kernels/cuda/lod_lines.cuh``).
+
+    Coefficients are in the field dtype and scaled by ``dt / dx**2`` (dimensionless). Exactly one of ``table``
+    and ``faces`` is set.
+
+    Attributes
+    ----------
+    axis : int
+        Lattice axis swept; ``n`` below is its length.
+    table : array or None
+        Uniform ``D``: shape ``(5, n)``, the rows ``a_i``, ``b_i`` (diffusion only), ``c_i`` and the factorisation
+        with the uniform decay share folded in, ``m_i`` and ``1 / p_i`` (as in :class:`AxisFactors`).
+    faces : array or None
+        Spatially varying ``D``: the face conductances ``D_face dt / dx**2`` of every line, an array of the lattice
+        shape with ``n + 1`` entries along ``axis`` (entry ``k`` is the face below voxel ``k``; entries ``0`` and
+        ``n`` are the lattice faces, ``2 D dt / dx**2`` for a Dirichlet face and 0 for a no-flux one).
+    boundary_low, boundary_high : float
+        Dirichlet value held at each lattice face (field unit); 0.0 for a no-flux face, whose conductance is 0.
+    later_sweeps : int
+        As in :class:`AxisFactors`.
+    static_gain : float
+        As in :class:`AxisFactors`.
+    """
+
+    axis: int
+    table: object
+    faces: object
+    boundary_low: float
+    boundary_high: float
+    later_sweeps: int = 0
+    static_gain: float = 1.0
+
+
+@dataclass(frozen=True)
 class LODFactors:
     """Precomputed coefficients of one LOD step, one :class:`AxisFactors` per axis.
 
@@ -92,10 +140,14 @@ class LODFactors:
         Field dtype.
     dt_min : float
         Time step (min) the factors were built for.
-    axes : tuple of AxisFactors
+    axes : tuple of AxisFactors or of AxisLines
         Factors in sweep order.
     decay_per_min : float
         Uniform decay folded into the static factors; added to any per-voxel sink.
+    launch : callable or None
+        For :class:`AxisLines`: ``launch(name, lines, args)`` runs the line-solve entry point ``name`` of
+        ``kernels/cuda/lod_lines.cu`` over ``lines`` lines (on CuPy :func:`kernels.lod_lines.cuda_launch`).
+        ``None`` for :class:`AxisFactors`, which are swept plane by plane.
     """
 
     shape: tuple
@@ -103,6 +155,7 @@ class LODFactors:
     dt_min: float
     axes: tuple
     decay_per_min: float = 0.0
+    launch: Callable | None = None
 
 
 def reaction_share(kappa, ndim: int, xp=np):
@@ -156,6 +209,14 @@ def _face_conductance(diffusivity, axis: int, xp):
     return xp.where(total > 0, 2 * lo * hi / xp.where(total > 0, total, 1), 0)
 
 
+def _tridiagonal(g_left, g_right, scale):
+    """Rows ``a_i``, ``b_i``, ``c_i`` (diffusion only) from the conductances of each voxel's two faces."""
+    lower = [-scale * g for g in g_left]
+    upper = [-scale * g for g in g_right]
+    diag = [1.0 + scale * (gl + gr) for gl, gr in zip(g_left, g_right)]
+    return lower, diag, upper
+
+
 def _thomas_factors(lower, diag, upper, cast):
     """Forward multipliers and reciprocal pivots of a tridiagonal matrix (lists of floats or arrays)."""
     n = len(diag)
@@ -204,31 +265,18 @@ def lod_factors(
     Returns
     -------
     LODFactors
-        Coefficients for :func:`lod_diffuse`.
+        Coefficients for :func:`lod_diffuse`: plane-sweep :class:`AxisFactors` on NumPy, line-solve
+        :class:`AxisLines` with the compiled kernel on CuPy.
     """
-    shape = tuple(int(n) for n in shape)
-    if len(boundaries) != len(shape):
-        raise ValueError(f"boundaries has {len(boundaries)} axes, the lattice has {len(shape)}")
-    if spacing_um <= 0 or dt_min <= 0:
-        raise ValueError(f"spacing_um and dt_min must be positive, got {spacing_um} and {dt_min}")
-    if decay_per_min < 0:
-        raise ValueError(f"decay_per_min must be >= 0 1/min, got {decay_per_min}")
-    dtype = np.dtype(dtype)
+    shape, dtype, diffusivity, xp = _checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp,
+                                                    decay_per_min)
+    if xp.__name__ == "cupy":
+        return _line_factors(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp, decay_per_min,
+                             lod_lines.cuda_launch)
     scale = dt_min / spacing_um**2
     ndim = len(shape)
     decay_share = float(reaction_share(dt_min * decay_per_min, ndim, np))
     uniform = np.ndim(diffusivity) == 0
-    if uniform:
-        if float(diffusivity) < 0:
-            raise ValueError(f"diffusivity must be >= 0 µm²/min, got {float(diffusivity)}")
-    else:
-        xp = array_namespace(diffusivity)
-        if tuple(diffusivity.shape) != shape:
-            raise ValueError(f"diffusivity has shape {tuple(diffusivity.shape)}, the lattice is {shape}")
-        dmin = float(diffusivity.min())
-        if dmin < 0:
-            raise ValueError(f"diffusivity must be >= 0 µm²/min everywhere, got a minimum of {dmin}")
-        diffusivity = xp.asarray(diffusivity, dtype=np.float64)  # factor in float64, store in dtype
 
     def cast(v):
         return float(v) if uniform else xp.ascontiguousarray(xp.asarray(v, dtype=dtype))
@@ -247,11 +295,7 @@ def lod_factors(
             faces = [gf[i] for i in range(n - 1)]
             g_low = 2.0 * dv[0] if low is not None else 0.0 * dv[0]
             g_high = 2.0 * dv[-1] if high is not None else 0.0 * dv[-1]
-        g_left = [g_low, *faces]
-        g_right = [*faces, g_high]
-        lower = [-scale * g for g in g_left]
-        upper = [-scale * g for g in g_right]
-        diag = [1.0 + scale * (gl + gr) for gl, gr in zip(g_left, g_right)]
+        lower, diag, upper = _tridiagonal([g_low, *faces], [*faces, g_high], scale)
         fwd, inv = _thomas_factors(lower, [b + decay_share for b in diag], upper, cast)
         rhs_low = cast(scale * g_low * float(low)) if low is not None else None
         rhs_high = cast(scale * g_high * float(high)) if high is not None else None
@@ -271,6 +315,68 @@ def lod_factors(
         )
     return LODFactors(shape=shape, dtype=dtype, dt_min=float(dt_min), axes=tuple(axes),
                       decay_per_min=float(decay_per_min))
+
+
+def _checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp, decay_per_min):
+    """Validate the inputs of :func:`lod_factors`; return the shape tuple, dtype, float64 ``D`` and namespace."""
+    shape = tuple(int(n) for n in shape)
+    if len(boundaries) != len(shape):
+        raise ValueError(f"boundaries has {len(boundaries)} axes, the lattice has {len(shape)}")
+    if spacing_um <= 0 or dt_min <= 0:
+        raise ValueError(f"spacing_um and dt_min must be positive, got {spacing_um} and {dt_min}")
+    if decay_per_min < 0:
+        raise ValueError(f"decay_per_min must be >= 0 1/min, got {decay_per_min}")
+    dtype = np.dtype(dtype)
+    if np.ndim(diffusivity) == 0:
+        if float(diffusivity) < 0:
+            raise ValueError(f"diffusivity must be >= 0 µm²/min, got {float(diffusivity)}")
+    else:
+        xp = array_namespace(diffusivity)
+        if tuple(diffusivity.shape) != shape:
+            raise ValueError(f"diffusivity has shape {tuple(diffusivity.shape)}, the lattice is {shape}")
+        dmin = float(diffusivity.min())
+        if dmin < 0:
+            raise ValueError(f"diffusivity must be >= 0 µm²/min everywhere, got a minimum of {dmin}")
+        diffusivity = xp.asarray(diffusivity, dtype=np.float64)  # factor in float64, store in dtype
+    return shape, dtype, diffusivity, xp
+
+
+def _line_factors(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp, decay_per_min, launch):
+    """:class:`AxisLines` factors for the line-solve kernel, run by ``launch`` (inputs as :func:`lod_factors`)."""
+    shape, dtype, diffusivity, xp = _checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp,
+                                                    decay_per_min)
+    lod_lines.kernel_name(dtype)  # rejects a dtype the kernel has no entry point for
+    scale = dt_min / spacing_um**2
+    ndim = len(shape)
+    decay_share = float(reaction_share(dt_min * decay_per_min, ndim, np))
+    axes = []
+    for axis, (low, high) in enumerate(boundaries):
+        table = faces = None
+        if np.ndim(diffusivity) == 0:
+            d, n = float(diffusivity), shape[axis]
+            g_low = 2.0 * d if low is not None else 0.0
+            g_high = 2.0 * d if high is not None else 0.0
+            lower, diag, upper = _tridiagonal([g_low] + [d] * (n - 1), [d] * (n - 1) + [g_high], scale)
+            fwd, inv = _thomas_factors(lower, [b + decay_share for b in diag], upper, float)
+            table = xp.asarray(np.array([lower, diag, upper, fwd, inv], dtype=dtype))
+        else:
+            faces = _scaled_faces(diffusivity, axis, low is not None, high is not None, scale, dtype, xp)
+        axes.append(AxisLines(axis, table=table, faces=faces,
+                              boundary_low=0.0 if low is None else float(low),
+                              boundary_high=0.0 if high is None else float(high),
+                              later_sweeps=ndim - 1 - axis,
+                              static_gain=(1.0 + decay_share) ** (ndim - 1 - axis)))
+    return LODFactors(shape=shape, dtype=dtype, dt_min=float(dt_min), axes=tuple(axes),
+                      decay_per_min=float(decay_per_min), launch=launch)
+
+
+def _scaled_faces(diffusivity, axis: int, dirichlet_low: bool, dirichlet_high: bool, scale: float, dtype, xp):
+    """All ``n + 1`` face conductances along ``axis`` times ``scale``, in ``dtype`` (see :class:`AxisLines`)."""
+    n = diffusivity.shape[axis]
+    low = xp.take(diffusivity, xp.arange(0, 1), axis=axis) * (2.0 if dirichlet_low else 0.0)
+    high = xp.take(diffusivity, xp.arange(n - 1, n), axis=axis) * (2.0 if dirichlet_high else 0.0)
+    faces = xp.concatenate([low, _face_conductance(diffusivity, axis, xp), high], axis=axis)
+    return xp.ascontiguousarray((faces * scale).astype(dtype))
 
 
 def _add_dirichlet(lines, f: AxisFactors, gain_low, gain_high) -> None:
@@ -360,6 +466,41 @@ def _axis_solves(field, axes, decay_share, share, src_share, scratch, slabs, xp)
             xp.copyto(lines, work)
 
 
+def _line_solves(start, out, factors: LODFactors, axes, decay_share, share, src_share, cprime, blend) -> None:
+    """One LOD step in the given axis order with one line-solve launch per axis (see :func:`lod_diffuse`).
+
+    The first solve reads ``start`` and writes ``out`` (they may be the same array), the later ones work on
+    ``out`` in place; the last writes the mean with ``blend`` when it is given.
+    """
+    shape, real = factors.shape, factors.dtype.type
+    name = lod_lines.kernel_name(factors.dtype)
+    for position, f in enumerate(axes):
+        gain = (1.0 + decay_share) ** (len(axes) - 1 - position)
+        n = shape[f.axis]
+        lines = lod_lines.line_count(shape, f.axis)
+        pivots_here = share is not None or f.table is None
+        args = (start, out, blend if position == len(axes) - 1 else None, share, src_share,
+                cprime if pivots_here else None, f.table, f.faces, real(decay_share),
+                real(f.boundary_low * gain), real(f.boundary_high * gain),
+                np.int64(n), np.int64(int(np.prod(shape[f.axis + 1 :]))), np.int64(lines))
+        factors.launch(name, lines, args)
+        start = out
+
+
+def _line_step(field, factors: LODFactors, decay_share, share, src_share, scratch):
+    """:func:`lod_diffuse` with :class:`AxisLines` factors: one kernel launch per axis solve."""
+    size = field.size
+    cprime = scratch[:size].reshape(field.shape)
+    if share is None:
+        _line_solves(field, field, factors, factors.axes, decay_share, None, src_share, cprime, None)
+        return field
+    # Forward order from field into other, then the reversed order in place, whose last solve writes the mean.
+    other = scratch[4 * size : 5 * size].reshape(field.shape)
+    _line_solves(field, other, factors, factors.axes, decay_share, share, src_share, cprime, None)
+    _line_solves(field, field, factors, factors.axes[::-1], decay_share, share, src_share, cprime, other)
+    return field
+
+
 def lod_diffuse(field, factors: LODFactors, scratch=None, sink_per_min=None, source=None):
     """Advance ``field`` by one LOD reaction-diffusion step, in place.
 
@@ -384,9 +525,23 @@ def lod_diffuse(field, factors: LODFactors, scratch=None, sink_per_min=None, sou
 
     Notes
     -----
-    The sweep along the last (unit-stride) axis runs on a transposed copy in ``scratch``: sweeping that axis in
-    place touches one element per cache line (or uncoalesced addresses on a GPU), and one transposed copy each
-    way costs less.
+    With :class:`AxisFactors` (NumPy) the sweep along the last (unit-stride) axis runs on a transposed copy in
+    ``scratch``: sweeping that axis in place touches one element per cache line, and one transposed copy each way
+    costs less.
+
+    With :class:`AxisLines` (CuPy) each axis solve is one launch of the line-solve kernel, one thread per lattice
+    line; the Dirichlet inflow, the source share and (with a sink) the mean of the two axis orders happen inside
+    it. Launches per field and step, on a ``d``-dimensional lattice with ``n`` voxels along each axis:
+
+    - no per-voxel sink: ``d`` kernel launches, plus one element-wise product forming the source share when
+      ``source`` is given (4 in 3-D). The plane loop took ``5 n - 4`` array operations per axis, plus the
+      inflow, source and transposition operations: about 1,500 launches at 100³;
+    - per-voxel sink: ``2 d`` kernel launches plus 11 element-wise operations forming the reaction shares
+      (17 in 3-D). The plane loop took ``10 n - 6`` per axis and order, plus the same extras: about 6,000 at
+      100³.
+
+    On the last axis the threads of a warp walk lines ``n`` elements apart (uncoalesced, served from cache);
+    the other axes are coalesced.
     """
     xp = array_namespace(field)
     if tuple(field.shape) != factors.shape or field.dtype != factors.dtype:
@@ -423,6 +578,10 @@ def lod_diffuse(field, factors: LODFactors, scratch=None, sink_per_min=None, sou
         else:
             ratio = decay_share / lam_dt if lam_dt > 1e-12 else 1.0 / ndim
             xp.multiply(source, dt * ratio, out=src_share)
+    if factors.launch is not None:
+        if not field.flags.c_contiguous:
+            raise ValueError("the line-solve kernel needs a C-contiguous field")
+        return _line_step(field, factors, decay_share, share, src_share, scratch)
     slabs = scratch[5 * size :]
     if sink_per_min is None:
         _axis_solves(field, factors.axes, decay_share, None, src_share, scratch, slabs, xp)
