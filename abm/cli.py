@@ -79,7 +79,8 @@ def _cmd_inspect(args) -> int:
     print(f"{info['file']}")
     print(f"  format        {info['format']} v{info['format_version']}, written by tme-abm {info['software_version']}"
           f" on {info['created_utc']}")
-    print(f"  run           '{info['name']}', backend {info['backend']}, seed {info['seed']}")
+    random = f", random {info['random']}" if info.get("random") else ""
+    print(f"  run           '{info['name']}', backend {info['backend']}{random}, seed {info['seed']}")
     print(f"  grid          {grid['ndim']}-D {' x '.join(map(str, grid['shape']))} voxels of {grid['spacing_um']:g} µm"
           f", dt {info['dt_min']} min")
     if span:

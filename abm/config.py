@@ -172,6 +172,12 @@ class Config(Section):
     backend: Literal["numpy", "cupy", "auto"] = Field(
         default="auto", description="Array backend: numpy (CPU), cupy (NVIDIA GPU) or auto (cupy if a GPU is found)."
     )
+    random: Literal["auto", "pcg64", "philox"] = Field(
+        default="auto",
+        description="Generator of the random streams: pcg64 (NumPy's PCG64, drawn on the host; on cupy copied to "
+        "the device), philox (counter-based Philox4x64-10, drawn where the backend runs, the same uniforms on "
+        "numpy and cupy) or auto (pcg64 on numpy, philox on cupy). Model choice.",
+    )
     dtype: Literal["float32", "float64"] = Field(default="float32", description="Floating dtype of the fields.")
     grid: GridConfig = Field(default_factory=GridConfig)
     time: TimeConfig = Field(default_factory=TimeConfig)

@@ -47,7 +47,7 @@ def read_therapy_file(path) -> dict:
 
 
 def branch_config(data: dict, parent_backend: str | None, overrides: list[str], therapy: dict | None = None,
-                  source: str = "branch") -> Config:
+                  source: str = "branch", parent_random: str | None = None) -> Config:
     """The config of a branch: the parent's resolved config with a therapy file's tables and the overrides.
 
     Parameters
@@ -65,14 +65,20 @@ def branch_config(data: dict, parent_backend: str | None, overrides: list[str], 
         and ``[effects]`` keys merged in.
     source : str
         Names the config in error messages.
+    parent_random : str or None
+        The generator of the parent's random streams (its ``random`` attribute); the branch keeps it unless an
+        override names ``random``.
 
     Raises
     ------
     abm.config.ConfigError
         If an override is malformed or the changed config is invalid.
     """
-    if parent_backend and not any(o.partition("=")[0].strip() == "backend" for o in overrides):
+    named = {o.partition("=")[0].strip() for o in overrides}
+    if parent_backend and "backend" not in named:
         data["backend"] = parent_backend
+    if parent_random and "random" not in named:
+        data["random"] = parent_random
     if therapy is not None:
         data.setdefault("therapy", {}).update(therapy.get("therapy", {}))
         for section in ("radiotherapy", "virus"):
@@ -114,7 +120,7 @@ def replay_run(
         End time (min) of the replay; default the ``time.duration_min`` of the (possibly changed) config.
     overrides : list of str, optional
         ``KEY=VALUE`` config changes (TOML values) that branch the run, e.g.
-        ``["tumour.apoptosis_rate_per_min=0.01"]``. ``backend`` defaults to the backend that wrote the parent.
+        ``["tumour.apoptosis_rate_per_min=0.01"]``. ``backend`` and ``random`` default to the parent's.
     out_dir : path-like, optional
         Output directory; default :func:`default_replay_dir`.
     overwrite : bool
@@ -147,10 +153,10 @@ def replay_run(
         branch_step = int(run.steps[index])
         parent_toml = run.config_toml
         data = run.config_dict()
-        parent_backend = run.attrs.get("backend")
+        parent_backend, parent_random = run.attrs.get("backend"), run.attrs.get("random")
         state = run.state(branch_time)
     extra = read_therapy_file(therapy_file) if therapy_file is not None else None
-    config = branch_config(data, parent_backend, overrides, extra, f"{path} with --set")
+    config = branch_config(data, parent_backend, overrides, extra, f"{path} with --set", parent_random)
     end = config.time.duration_min if until_min is None else float(until_min)
     if end <= branch_time:
         raise RunFileError(

@@ -194,11 +194,12 @@ def run_simulation(
         n_steps = max(0, int(round((end_min - sim.time_min) / sim.dt_min)))
         plan = SnapshotPlan.of(config.output, sim.dt_min)
         ts_every = config.output.timeseries_every_steps
-        log.info("run '%s': backend %s, grid %s, %d steps of %g min from t = %g min, seed %d", config.name,
-                 sim.backend.name, list(sim.shape), n_steps, sim.dt_min, sim.time_min, config.seed)
+        log.info("run '%s': backend %s, random %s, grid %s, %d steps of %g min from t = %g min, seed %d",
+                 config.name, sim.backend.name, sim.world.generator, list(sim.shape), n_steps, sim.dt_min,
+                 sim.time_min, config.seed)
         writer = RunWriter(
             out_dir / "sim.h5", config_to_toml(config), config.seed, sim.backend.name, sim.shape, sim.spacing_um,
-            readouts=sim.readout_declarations(), field_units=sim.field_units(),
+            random=sim.world.generator, readouts=sim.readout_declarations(), field_units=sim.field_units(),
             compression=config.output.compression, attrs=extra_attrs, overwrite=True,
         )
         metrics = sim.metrics()

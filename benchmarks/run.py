@@ -1,12 +1,13 @@
 """Throughput and memory benchmarks of the core engine, written as a JSON report.
 
-    python benchmarks/run.py [--backend numpy|cupy] [--repeats 5] [--out benchmarks/results/core.json]
+    python benchmarks/run.py [--backend numpy|cupy] [--random auto|pcg64|philox] [--repeats 5]
+                             [--out benchmarks/results/core.json]
 
 Measures (sizes are named once, in SIZES):
 - field solver voxel-updates/s (one LOD step = one update of every voxel) on 2-D 512² and 3-D 128³, float32,
   for uniform D without per-voxel sink (the precomputed-factor path), spatially varying D, and uniform D with a
   per-voxel sink (the path the oxygen field takes when cells consume it);
-- full simulation steps/s of configs/quickstart.toml (set-up timed separately);
+- full simulation steps/s of configs/quickstart.toml (set-up timed separately), with the chosen random generator;
 - peak resident memory of the process, and field-solver bytes per voxel.
 Each timing is the best of the repeats; the GPU is synchronised before every timer read.
 """
@@ -68,8 +69,8 @@ def bench_solver(backend, shape, repeats):
     return out
 
 
-def bench_quickstart(backend, steps):
-    cfg = load_config(REPO / "configs/quickstart.toml", [f"backend={backend.name!r}".replace("'", '"')])
+def bench_quickstart(backend, steps, random):
+    cfg = load_config(REPO / "configs/quickstart.toml", [f'backend="{backend.name}"', f'random="{random}"'])
     t = time.perf_counter()
     sim = Simulation(cfg, backend)
     backend.synchronize()
@@ -79,7 +80,8 @@ def bench_quickstart(backend, steps):
         sim.step()
     backend.synchronize()
     run = time.perf_counter() - t
-    return {"grid": cfg.grid.shape, "steps": steps, "setup_s": setup, "steps_per_s": steps / run,
+    return {"grid": cfg.grid.shape, "random": sim.world.generator, "steps": steps, "setup_s": setup,
+            "steps_per_s": steps / run,
             "tumour_cells_at_end": len(sim.tumour), "full_run_steps": cfg.n_steps,
             "estimated_full_run_s": cfg.n_steps * run / steps}
 
@@ -87,6 +89,8 @@ def bench_quickstart(backend, steps):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--random", default="auto", choices=["auto", "pcg64", "philox"],
+                   help="random generator of the quickstart run (auto: pcg64 on numpy, philox on cupy)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(REPO / "benchmarks/results/core.json"))
     args = p.parse_args(argv)
@@ -98,7 +102,7 @@ def main(argv=None):
         "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in SIZES.items()},
         "solver_2d": bench_solver(backend, SIZES["solver_2d"], args.repeats),
         "solver_3d": bench_solver(backend, SIZES["solver_3d"], args.repeats),
-        "quickstart": bench_quickstart(backend, SIZES["quickstart_steps"]),
+        "quickstart": bench_quickstart(backend, SIZES["quickstart_steps"], args.random),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if backend.name == "cupy":
@@ -112,8 +116,8 @@ def main(argv=None):
             if isinstance(r, dict):
                 print(f"{key:10s} {case:22s} {r['voxel_updates_per_s']:.3g} voxel-updates/s")
     q = report["quickstart"]
-    print(f"quickstart {q['steps_per_s']:.1f} steps/s (full run ~{q['estimated_full_run_s']:.1f} s); "
-          f"peak RSS {report['peak_rss_mib']:.0f} MiB -> {out}")
+    print(f"quickstart {q['steps_per_s']:.1f} steps/s, random {q['random']} "
+          f"(full run ~{q['estimated_full_run_s']:.1f} s); peak RSS {report['peak_rss_mib']:.0f} MiB -> {out}")
 
 
 if __name__ == "__main__":

@@ -113,10 +113,11 @@ def test_run_writes_outputs_and_refuses_to_overwrite(tmp_path, capsys):
     resolved = load_config(out / "config.resolved.toml")
     assert resolved.grid.shape == [40, 40] and resolved.seed == 7
     with h5py.File(out / "sim.h5") as f:
-        for key in ("format", "format_version", "software_version", "created_utc", "seed", "backend",
+        for key in ("format", "format_version", "software_version", "created_utc", "seed", "backend", "random",
                     "config_toml", "complete"):
             assert key in f.attrs, key
         assert f.attrs["complete"] and f.attrs["seed"] == 7 and f.attrs["backend"] == "numpy"
+        assert f.attrs["random"] == "pcg64"  # random = "auto" on numpy
         assert list(f["grid"].attrs["shape"]) == [40, 40]
         assert sorted(f["snapshots"]) == ["000000", "000001", "000002"]
         assert [f["snapshots"][k].attrs["time_min"] for k in sorted(f["snapshots"])] == [0, 300, 600]

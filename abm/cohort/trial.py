@@ -122,7 +122,7 @@ def arm_config_toml(trial: Trial, arm: str, pre_attrs: dict) -> str:
 
     parent = tomllib.loads(str(pre_attrs["config_toml"]))
     config = branch_config(parent, pre_attrs.get("backend"), [f"time.duration_min={trial.end_min!r}"],
-                           trial.arms[arm].tables, f"arm {arm}")
+                           trial.arms[arm].tables, f"arm {arm}", pre_attrs.get("random"))
     return config_to_toml(config)
 
 

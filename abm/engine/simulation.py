@@ -40,7 +40,8 @@ class Simulation:
     Parameters
     ----------
     config : abm.config.Config
-        Validated run configuration (grid, time, dtype, seed, backend are read here; modules read their own).
+        Validated run configuration (grid, time, dtype, seed, backend, random are read here; modules read their
+        own).
     modules : sequence of Module
         In registry order (the order rules run in within a phase).
     backend : Backend, optional
@@ -56,7 +57,7 @@ class Simulation:
         self.config = config
         self.backend = backend or get_backend(config.backend)
         world = self.world = World(self.backend, config.grid.shape, config.grid.spacing_um, config.time.dt_min,
-                                   config.dtype, config.seed)
+                                   config.dtype, config.seed, self.backend.resolve_random(config.random))
         self.modules = list(modules)
         self.added: dict[str, list[str]] = {"modules": [], "fields": []}
         self.inactive: dict[str, str] = {}

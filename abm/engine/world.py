@@ -48,10 +48,14 @@ class World:
         Float dtype of fields and float layers.
     seed : int
         Root seed of the run's random streams.
+    generator : {"pcg64", "philox"}
+        Generator of the random streams (:class:`abm.backend.StepRandom`).
     """
 
-    def __init__(self, backend, shape, spacing_um: float, dt_min: float, dtype: str, seed: int):
+    def __init__(self, backend, shape, spacing_um: float, dt_min: float, dtype: str, seed: int,
+                 generator: str = "pcg64"):
         self.backend = backend
+        self.generator = generator
         xp = self.xp = backend.xp
         self.shape = tuple(int(n) for n in shape)
         self.ndim = len(self.shape)
@@ -91,11 +95,12 @@ class World:
 
     def rng(self, purpose: str):
         """The random stream named ``purpose`` (``module/rule``) at the current step."""
-        return self.backend.random(self.seed, self.step_index, zlib.crc32(purpose.encode()) + 2)
+        return self.backend.random(self.seed, self.step_index, zlib.crc32(purpose.encode()) + 2, self.generator)
 
     def initial_rng(self, purpose: str):
         """The random stream named ``purpose`` for seeding the initial condition (or a module added later)."""
-        return self.backend.random(self.seed, self.step_index, zlib.crc32(f"seed/{purpose}".encode()) + 2)
+        return self.backend.random(self.seed, self.step_index, zlib.crc32(f"seed/{purpose}".encode()) + 2,
+                                   self.generator)
 
     # ------------------------------------------------------------------------------------------------------
     # Occupancy

@@ -438,6 +438,7 @@ class RunFile:
             "created_utc": attrs.get("created_utc"),
             "name": config.get("name"),
             "backend": attrs.get("backend"),
+            "random": attrs.get("random"),
             "seed": attrs.get("seed"),
             "grid": {"shape": list(self.shape), "spacing_um": self.spacing_um, "ndim": self.ndim},
             "dt_min": config.get("time", {}).get("dt_min"),

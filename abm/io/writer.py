@@ -206,6 +206,9 @@ class RunWriter:
         gzip level for snapshot fields (0 = none).
     buffer_rows : int
         Time-series rows kept in memory before they are appended to the file.
+    random : str, optional
+        Generator of the run's random streams (``"pcg64"`` or ``"philox"``), stored in the root attribute
+        ``random``; not stored if None.
     attrs : dict, optional
         Extra root attributes (e.g. the parent file of a branched run).
     overwrite : bool
@@ -221,7 +224,8 @@ class RunWriter:
 
     def __init__(self, path, config_toml: str, seed: int, backend: str, shape, spacing_um: float, *,
                  readouts: Mapping[str, tuple[str, str]], field_units: Mapping[str, str], compression: int = 4,
-                 buffer_rows: int = 256, attrs: dict | None = None, overwrite: bool = False):
+                 buffer_rows: int = 256, random: str | None = None, attrs: dict | None = None,
+                 overwrite: bool = False):
         self.path = Path(path)
         self._declared = _check_declarations(readouts, field_units)
         self._field_units = dict(field_units)
@@ -236,7 +240,8 @@ class RunWriter:
         self._close_tried = False
         self._file = _create_h5(self.path, overwrite)
         try:
-            self._start(config_toml, seed, backend, shape, spacing_um, attrs or {})
+            head = {"random": random} if random is not None else {}
+            self._start(config_toml, seed, backend, shape, spacing_um, {**head, **(attrs or {})})
         except RunWriteError:
             self.close_after_failure()
             raise
