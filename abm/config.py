@@ -262,6 +262,13 @@ class Config(Section):
                     if len(coords) != ndim:
                         raise ValueError(f"{section}.{name}.region.{key} has {len(coords)} coordinates, the grid "
                                          f"is {ndim}-D")
+        for name, drug in self.therapy.items():
+            if getattr(drug, "route", None) != "intratumoral":
+                continue
+            for key, coords in drug.injection_site.region.coordinates():
+                if len(coords) != ndim:
+                    raise ValueError(f"therapy.{name}.injection.region.{key} has {len(coords)} coordinates, the "
+                                     f"grid is {ndim}-D")
         for section in ("cell_therapy", "vaccine"):
             if getattr(self, section) and not self.immune.enabled:
                 raise ValueError(f"[{section}.<name>] needs the immune layer: set immune.enabled = true")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from abm.engine.module import FieldSpec
 from kernels.lattice import box_sum
 
-__all__ = ["blocked", "hill", "immunogenic_antigen", "initial_region", "lesion_regions", "probability", "ramp",
-           "solute_spec"]
+__all__ = ["blocked", "hill", "immunogenic_antigen", "initial_region", "innate_agonism", "innate_chemokine_factor",
+           "lesion_regions", "probability", "ramp", "solute_spec"]
 
 
 def hill(x, half_max, n, xp):
@@ -64,6 +64,34 @@ def blocked(world, slug: str, voxels):
     if layer is None:
         return None
     return layer.reshape(-1).take(voxels).astype("float64")
+
+
+def innate_agonism(world, innate, voxels) -> list:
+    """``(strengths, θ)`` of every innate-immune agonist target bound in this run, θ its occupancy at ``voxels``.
+
+    The one mechanism of STING, TLR7/8 and any further agonist target: ``innate`` is ``effects.innate``, one table of
+    strengths per target slug (its fields name the targets); a target no drug binds is left out, so a run without
+    agonists gets an empty list and skips the work. Each read point composes the strengths its own way
+    (docs/THERAPIES.md, 2.4): macrophage repolarisation, chemokine secretion, priming.
+    """
+    out = []
+    for slug in type(innate).model_fields:
+        theta = blocked(world, slug, voxels)
+        if theta is not None:
+            out.append((getattr(innate, slug), theta))
+    return out
+
+
+def innate_chemokine_factor(world, innate, voxels):
+    """Chemokine secretion factor ``1 + Σ b θ`` over the bound innate agonists at ``voxels``, or ``None`` without any.
+
+    Type-I interferon and NF-κB signalling induce CXCL9/10-like chemokines in tumour cells and macrophages; ``b`` is
+    each target's ``chemokine_boost``.
+    """
+    terms = innate_agonism(world, innate, voxels)
+    if not terms:
+        return None
+    return 1.0 + sum(s.chemokine_boost * theta for s, theta in terms)
 
 
 def immunogenic_antigen(world, dead):

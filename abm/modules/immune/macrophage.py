@@ -3,16 +3,17 @@
 Rules (each switchable through ``immune.macrophage.rules``):
 
 ``macrophage_secretion`` (exchange)
-    M1 secrete chemokine; M2 secrete TGF-β and VEGF.
+    M1 secrete chemokine (x ``1 + Σ b θ`` of the innate agonists bound at the macrophage); M2 secrete TGF-β and
+    VEGF.
 ``macrophage_recruitment`` (behaviour)
     Each vessel voxel recruits an M0 macrophage with rate ``r c/(c + K) perfusion``, times ``1 - θ`` of CSF-1R
     and of CCR2 blockade at the vessel.
 ``macrophage_polarisation`` (update)
-    M0 -> M1 at ``r1 max(IFN-γ/(IFN-γ + K), debris)`` (debris: a necrotic voxel in the Moore neighbourhood; a
-    TLR7/8 agonist's occupancy θ replaces the IFN-γ term where larger);
+    M0 -> M1 at ``r1 max(IFN-γ/(IFN-γ + K), debris)`` (debris: a necrotic voxel in the Moore neighbourhood; an
+    innate agonist's (STING, TLR7/8) weighted occupancy ``w θ`` replaces the IFN-γ term where larger);
     M0/M1 -> M2 at ``r_base + (r_max - r_base) (1 - Hill(pO2; 5 mmHg, 8)) + r_tgfb TGF-β/(TGF-β + K)``
     (PhysiCell rules_sample; the hypoxic part only with ``resistance.hypoxia``); M2 -> M1 at
-    ``r1 max(IFN-γ/(IFN-γ + K), θ_TLR7/8)`` (repolarisation).
+    ``r1 max(IFN-γ/(IFN-γ + K), max_i w_i θ_i)`` (repolarisation).
 ``macrophage_kill`` (behaviour)
     An M1 macrophage kills a random tumour cell in its own or a neighbour voxel with ``1 - exp(-k dt)``.
 ``macrophage_move`` (behaviour)
@@ -27,7 +28,7 @@ import numpy as np
 
 from abm.engine.agents import Column
 from abm.engine.module import rule
-from abm.modules.common import blocked, hill, probability
+from abm.modules.common import blocked, hill, innate_agonism, innate_chemokine_factor, probability
 from abm.modules.immune.common import (
     M0,
     M1,
@@ -57,7 +58,10 @@ def macrophage_secretion(world, params, rng, intents) -> None:
     p = params.macrophage
     vox, state = m["voxel"], m["state"]
     m1, m2 = vox[state == M1], vox[state == M2]
-    world.fields["chemokine"].secrete(m1, p.m1_chemokine_secretion)
+    # Innate agonists induce CXCL9/10; macrophages sharing a voxel share its factor, so the sum stays reproducible.
+    factor = innate_chemokine_factor(world, params.effects.innate, m1)
+    world.fields["chemokine"].secrete(m1, p.m1_chemokine_secretion if factor is None
+                                      else p.m1_chemokine_secretion * factor)
     world.fields["tgfb"].secrete(m2, p.m2_tgfb_secretion)
     world.fields["vegf"].secrete(m2, p.m2_vegf_secretion)
 
@@ -92,9 +96,8 @@ def macrophage_polarisation(world, params, rng, intents) -> None:
     vox, state = m["voxel"], m["state"]
     ifng = world.fields["ifng"].data.reshape(-1)[vox].astype(np.float64)
     ifn_drive = ifng / (ifng + p.m1_ifng_half_max)
-    theta = blocked(world, "tlr78", vox)  # TLR7/8 agonism drives M1 like IFN-γ (the stronger of the two)
-    if theta is not None:
-        ifn_drive = xp.maximum(ifn_drive, theta)
+    for strength, theta in innate_agonism(world, params.effects.innate, vox):  # STING, TLR7/8 drive M1 like IFN-γ
+        ifn_drive = xp.maximum(ifn_drive, strength.repolarisation * theta)
     necrotic = world.layers["necrotic"].reshape(-1)
     flat, inside = world.moore.neighbours(vox)
     debris = (inside & necrotic.take(flat)).any(axis=0) | necrotic[vox]

@@ -9,7 +9,8 @@ and phenotype readouts.
 Priming: antigen released by dying tumour cells (the sum of their antigenicity, plus the extra antigen of
 immunogenic deaths, :func:`abm.modules.common.immunogenic_antigen`) raises it logistically to 1,
 ``p += a antigen (1 - p)``; it relaxes without antigen, ``p -= d dt p``. Vaccine doses (``[vaccine.<name>]``)
-add their antigen of the step (``world.systemic["vaccine_antigen"]``, written by the therapy module).
+add their antigen of the step (``world.systemic["vaccine_antigen"]``, written by the therapy module); innate
+agonists (STING, TLR7/8) add ``Σ k θ̄ dt (1 - p)``, θ̄ their mean occupancy over tumour cells.
 
 Adoptive transfer (``[cell_therapy.<name>]``) adds the ``product`` column to the ``tcell`` table and the
 transferred-cell readouts; the therapy module infuses the cells, the T-cell rules apply the product's laws.
@@ -22,7 +23,7 @@ import numpy as np
 from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, Readout, TableSpec
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import immunogenic_antigen, initial_region, lesion_regions, solute_spec
+from abm.modules.common import immunogenic_antigen, initial_region, innate_agonism, lesion_regions, solute_spec
 from abm.modules.immune import macrophage, mdsc, tcell
 from abm.modules.immune.common import M0, M1, M2
 from kernels.lattice import Stencil, cube_offsets, scatter_count
@@ -194,9 +195,22 @@ class ImmuneModule(BaseModule):
         p = self.params.priming
         gain = im.priming_per_antigen * (1.0 + self.params.effects.ctla4.priming_boost
                                          * world.systemic.get("occupancy_ctla4_plasma", 0.0))  # anti-CTLA-4
-        p += gain * float(world.backend.to_host(xp.asarray(antigen))) * (1.0 - p)
+        p += (gain * float(world.backend.to_host(xp.asarray(antigen))) + self._innate_priming(world)) * (1.0 - p)
         p -= im.priming_decay_per_min * world.dt_min * p
         self.params.priming = float(min(max(p, 0.0), 1.0))
+
+    def _innate_priming(self, world) -> float:
+        """Priming drive of innate agonists over the step, ``Σ k θ̄ dt`` (θ̄: mean occupancy over tumour cells).
+
+        Type-I interferon and TLR signalling activate the tumour's dendritic cells, which cross-prime in the lymph
+        node; ``k`` is each agonist target's ``priming_per_day``. 0 without agonists or tumour cells.
+        """
+        vox = world.tables["tumour"]["voxel"]
+        terms = innate_agonism(world, self.params.effects.innate, vox)
+        if not terms or vox.shape[0] == 0:
+            return 0.0
+        drive = sum(s.priming_per_day / 1440.0 * theta.mean() for s, theta in terms)
+        return float(world.backend.to_host(world.xp.asarray(drive))) * world.dt_min
 
     def _count_transferred_kills(self, world, intents, events: dict) -> None:
         """Kills by transferred cells in the step, per product and in all (successful kill draws)."""

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from abm.modules.therapy.cellular_config import EpigeneticEffects
-from abm.modules.therapy.cytotoxic_config import CytotoxicConfig, PayloadConfig, RadiationEffects
+from abm.modules.therapy.cytotoxic_config import CytotoxicConfig, PayloadConfig, RadiationEffects, RegionConfig
 from abm.modules.therapy.library import class_defaults, library_entry, library_names
 from abm.schema import Fraction, NonNegative, Positive, Section
 
@@ -23,6 +23,7 @@ __all__ = [
     "TARGETS",
     "DrugConfig",
     "EffectsConfig",
+    "InnateEffects",
     "PatientConfig",
     "ScheduleConfig",
     "target_slug",
@@ -31,9 +32,10 @@ __all__ = [
 #: The targets a drug can bind, and the slug that names their occupancy lattice (``occupancy_<slug>``).
 TARGETS = {"PD-1": "pd1", "PD-L1": "pdl1", "CTLA-4": "ctla4", "LAG-3": "lag3", "TIGIT": "tigit", "VEGF": "vegf",
            "TGF-β": "tgfb", "CSF-1R": "csf1r", "CXCR4": "cxcr4", "FAP": "fap", "LOX": "lox", "DNMT1": "dnmt1",
-           "TROP2": "trop2", "CCR2": "ccr2", "CXCR2": "cxcr2", "TLR7/8": "tlr78"}
+           "TROP2": "trop2", "CCR2": "ccr2", "CXCR2": "cxcr2", "TLR7/8": "tlr78",
+           "STING": "sting"}
 TargetName = Literal["PD-1", "PD-L1", "CTLA-4", "LAG-3", "TIGIT", "VEGF", "TGF-β", "CSF-1R", "CXCR4", "FAP", "LOX",
-                     "DNMT1", "TROP2", "CCR2", "CXCR2", "TLR7/8"]
+                     "DNMT1", "TROP2", "CCR2", "CXCR2", "TLR7/8", "STING"]
 
 
 def target_slug(target: str) -> str:
@@ -140,6 +142,24 @@ class TissueConfig(Section):
     )
 
 
+def _injection_site() -> RegionConfig:
+    return RegionConfig(shape="sphere", radius_um=100.0)
+
+
+class InjectionConfig(Section):
+    """Where and in what volume an intratumoral dose is injected (route = 'intratumoral'; not read otherwise)."""
+
+    volume_mL: Positive = Field(
+        default=1.0, description="Injectate volume, mL: what leaves the injection depot in a step appears in the "
+        "region at (released mg)/(volume). Model choice: 1 mL, within the 0.1-4 mL that intratumoral labels match to "
+        "lesion size (IMLYGIC USPI section 2)."
+    )
+    region: RegionConfig = Field(
+        default_factory=_injection_site, description="Injected region: default a sphere (a disc in 2-D) of 100 µm "
+        "at the lattice centre. Model choice: one injection track, as for the oncolytic virus."
+    )
+
+
 class DrugConfig(Section):
     """A drug: antibody, fusion protein, small molecule or chemotherapy, from a library preset and overrides."""
 
@@ -147,7 +167,14 @@ class DrugConfig(Section):
         description="Drug class.")
     preset: str | None = Field(default=None, description="Library entry whose values this drug starts from.")
     description: str = Field(default="", description="What the drug is.")
-    route: Literal["iv", "oral", "sc"] = Field(default="iv", description="Route of administration.")
+    route: Literal["iv", "oral", "sc", "intratumoral"] = Field(
+        default="iv", description="Route of administration. 'intratumoral': the dose enters a depot (pk."
+        "absorption_per_day) that releases into the injected region of the lattice and into the plasma alike."
+    )
+    injection: InjectionConfig | None = Field(
+        default=None, description="Injectate volume and region of an intratumoral dose (route = 'intratumoral' "
+        "only; its defaults where not given)."
+    )
     molecular_weight_kda: Positive = Field(description="Molecular weight, kDa (converts mg/L to nM).")
     fraction_unbound: Fraction = Field(
         default=1.0, description="Unbound fraction in plasma (small molecules; dimensionless)."
@@ -209,6 +236,11 @@ class DrugConfig(Section):
             merged["kind"] = kind
         return merged
 
+    @property
+    def injection_site(self) -> InjectionConfig:
+        """The injection of an intratumoral dose: ``injection`` as given, or its defaults."""
+        return self.injection if self.injection is not None else InjectionConfig()
+
     @model_validator(mode="after")
     def _kind_consistent(self) -> DrugConfig:
         if self.kind == "chemotherapy" and self.cytotoxic is None:
@@ -221,6 +253,14 @@ class DrugConfig(Section):
             raise ValueError("an antibody-drug conjugate needs one target and a payload table (kill_max_per_day, ...)")
         if self.kind != "antibody_drug_conjugate" and self.payload is not None:
             raise ValueError(f"payload is for kind = 'antibody_drug_conjugate', not '{self.kind}'")
+        if self.route == "intratumoral" and self.pk.absorption_per_day <= 0:
+            raise ValueError("route 'intratumoral' needs pk.absorption_per_day > 0 (the rate the injection depot "
+                             f"empties), got {self.pk.absorption_per_day}")
+        if self.route != "intratumoral" and self.injection is not None:
+            raise ValueError(f"injection is for route = 'intratumoral', not '{self.route}'")
+        if self.route == "intratumoral" and self.schedule.infusion_min > 0:
+            raise ValueError("route 'intratumoral' is a bolus injection: schedule.infusion_min must be 0, got "
+                             f"{self.schedule.infusion_min}")
         return self
 
 
@@ -286,6 +326,53 @@ class FAPEffects(Section):
     )
 
 
+class StingEffects(Section):
+    """Strengths of STING agonism at the three innate read points (docs/THERAPIES.md, 2.4-2.5)."""
+
+    repolarisation: Fraction = Field(
+        default=1.0, description="w: the M1 drive of M0 -> M1 and M2 -> M1 is max(IFN-γ/(IFN-γ + K), w θ) "
+        "(dimensionless). Model choice: saturating STING signalling polarises like saturating IFN-γ."
+    )
+    chemokine_boost: NonNegative = Field(
+        default=4.0, description="b: tumour-cell and M1 chemokine secretion x (1 + Σ b θ) at the secreting cell "
+        "(dimensionless). Model choice: CXCL9/10 are interferon-stimulated genes; set at the fold of the IFN-γ boost "
+        "(tumour.chemokine_ifng_boost = 4)."
+    )
+    priming_per_day: NonNegative = Field(
+        default=1.0, description="k: priming gains k θ̄ dt (1 - P), θ̄ the mean occupancy over tumour cells, 1/day. "
+        "Model choice: type-I interferon from STING in tumour dendritic cells drives cross-priming (Corrales L et al. "
+        "2016 J Clin Invest 126:2404, abstract read); one day of full activation from P = 0 primes to 1 - 1/e."
+    )
+
+
+class TLR78Effects(Section):
+    """Strengths of TLR7/8 agonism at the three innate read points (docs/THERAPIES.md, 2.4-2.5)."""
+
+    repolarisation: Fraction = Field(
+        default=1.0, description="w, as for STING (dimensionless). Rodell CB et al. 2018 Nat Biomed Eng 2:578: R848 "
+        "nanoparticles repolarise tumour-associated macrophages to M1; w = 1 keeps the earlier law max(I/(I+K), θ)."
+    )
+    chemokine_boost: NonNegative = Field(
+        default=2.0, description="b, as for STING (dimensionless). Model choice: half the STING value, TLR7/8 "
+        "inducing type-I interferon mainly in plasmacytoid dendritic cells."
+    )
+    priming_per_day: NonNegative = Field(
+        default=0.25, description="k, as for STING, 1/day. Model choice: a quarter of the STING value (weaker "
+        "type-I interferon and cross-priming drive)."
+    )
+
+
+class InnateEffects(Section):
+    """Innate-immune agonists, one table per agonist target (named by its occupancy slug).
+
+    Each read point loops over these fields (:func:`abm.modules.common.innate_agonism`): a new agonist target is a
+    new field with the three strengths ``repolarisation``, ``chemokine_boost`` and ``priming_per_day``.
+    """
+
+    sting: StingEffects = Field(default_factory=StingEffects, description="STING agonists (target 'STING').")
+    tlr78: TLR78Effects = Field(default_factory=TLR78Effects, description="TLR7/8 agonists (target 'TLR7/8').")
+
+
 class EffectsConfig(Section):
     """Parameters of the target laws (docs/THERAPIES.md); every target's read point is fixed in the code."""
 
@@ -295,6 +382,7 @@ class EffectsConfig(Section):
     fap: FAPEffects = Field(default_factory=FAPEffects)
     radiation: RadiationEffects = Field(default_factory=RadiationEffects)
     epigenetic: EpigeneticEffects = Field(default_factory=EpigeneticEffects)
+    innate: InnateEffects = Field(default_factory=InnateEffects)
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -9,7 +9,9 @@ Per drug ``<name>`` (a table ``[therapy.<name>]``):
 - **Delivery** (exchange phase): the drug field ``<name>`` (nM) exchanges with plasma at every vessel voxel,
   ``dc/dt = P (S/V) perfusion (f_u C_p - c)``, through the vasculature's implicit ``supply`` (the mechanism
   oxygen uses); it diffuses with the drug's own ``D`` (lowered by ECM for large molecules) and is cleared
-  locally at ``ln 2 / t½``. Lattice faces are no-flux: drug enters through vessels only.
+  locally at ``ln 2 / t½``. Lattice faces are no-flux: drug enters through vessels, and an intratumoral drug
+  (``route = "intratumoral"``) also in its injected region, from a depot that empties at ``ka`` into the region
+  (spread over the injectate volume) and the plasma alike.
 - **Occupancy** (signal phase): one lattice per target bound by any drug, competitive,
   ``θ = Σ(Cᵢ/Kdᵢ) / (1 + Σ Cᵢ/Kdᵢ)`` (a bispecific enters two sums), written as the layer
   ``occupancy_<slug>``; CTLA-4 also gets the plasma occupancy (lymph node), ``world.systemic``; VEGF also its
@@ -146,6 +148,8 @@ class _Drug:
         self.amounts = np.zeros(self.model.size)
         self.doses_given = 0
         self.nM_per_mg_per_L = 1e3 / cfg.molecular_weight_kda
+        self.released_mg = 0.0  # left the injection depot in the last step (intratumoral), mg
+        self.mask = None  # injected voxels (bool, flat; intratumoral); set when the module attaches to a world
 
     @property
     def plasma_mg_per_L(self) -> float:
@@ -156,9 +160,17 @@ class _Drug:
         return self.plasma_mg_per_L * self.nM_per_mg_per_L
 
     def advance(self, t0: float, t1: float) -> int:
-        """Advance the compartments from ``t0`` to ``t1`` (min) exactly; return the doses started in between."""
+        """Advance the compartments from ``t0`` to ``t1`` (min) exactly; return the doses started in between.
+
+        An intratumoral drug also records what left its depot over the step (its doses are boluses):
+        depot before + doses given x F - depot after.
+        """
+        depot = self.amounts[self.model.dosing]
         self.amounts, started = advance_with_doses(self.model, self.amounts, self.doses, t0, t1, self.bioavailability)
         self.doses_given += started
+        if self.cfg.route == "intratumoral":
+            given = sum(mg for s, mg, _ in self.doses if t0 <= s < t1) * self.bioavailability
+            self.released_mg = max(float(depot + given - self.amounts[self.model.dosing]), 0.0)
         return started
 
 
@@ -175,11 +187,18 @@ def pharmacokinetics(world, params, rng, intents) -> None:
 
 @rule("delivery", "exchange")
 def delivery(world, params, rng, intents) -> None:
-    """Drug exchange between plasma and tissue at vessel voxels (permeability x surface x perfusion)."""
+    """Drug exchange between plasma and tissue at vessel voxels (permeability x surface x perfusion).
+
+    An intratumoral drug also enters its injected region: what left the depot in the step, spread over the
+    injectate volume, ``released / V_inj`` (mg/mL -> nM), as a source over the step.
+    """
     for d in params.drugs.values():
         t = d.cfg.tissue
         supply(world, d.name, t.vascular_permeability_um_per_min * t.vessel_surface_per_volume_per_um,
                d.plasma_nM * d.cfg.fraction_unbound)
+        if d.cfg.route == "intratumoral" and d.released_mg > 0:
+            nM = d.released_mg / d.cfg.injection_site.volume_mL * 1e3 * d.nM_per_mg_per_L  # mg/mL = 1e3 mg/L
+            world.fields[d.name].source += (d.mask * world.dtype.type(nM / world.dt_min)).reshape(world.shape)
 
 
 @rule("carrier_delivery", "exchange")
@@ -397,7 +416,7 @@ class TherapyModule(BaseModule):
         return out
 
     def attach(self, world) -> None:
-        """Regions: irradiated voxels, adoptive-transfer entry, injected virus voxels (and the voxel volume)."""
+        """Regions: irradiated voxels, adoptive-transfer entry, injected virus and drug voxels; the voxel volume."""
         for course in self.params.courses.values():
             course.mask = region_mask(world, course.cfg.region)
         for inf in self.params.infusions.values():
@@ -405,6 +424,9 @@ class TherapyModule(BaseModule):
         for v in self.params.viruses.values():
             v.mask = region_mask(world, v.cfg.region)
             v.voxel_mL = world.spacing_um**3 * 1e-12
+        for d in self.params.drugs.values():
+            if d.cfg.route == "intratumoral":
+                d.mask = region_mask(world, d.cfg.injection_site.region)
 
     def seed(self, world, rng) -> None:
         """Nothing in tissue at the start; doses follow their schedules."""

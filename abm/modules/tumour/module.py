@@ -58,7 +58,7 @@ class TumourModule(BaseModule):
         """The module with the sections of ``config`` it reads."""
         params = Params(tumour=config.tumour, initial=config.initial.tumour, resistance=config.resistance,
                         chemokine_loss_fraction=config.immune.chemokine_loss_fraction, infectable=bool(config.virus),
-                        namespaced=namespaced)
+                        effects=config.effects, namespaced=namespaced)
         return cls(params, config.tumour.rules)
 
     def declare(self) -> Declaration:

@@ -3,7 +3,8 @@
 ``oxygen_uptake`` (exchange)
     A voxel holding a live tumour cell takes up O2 at first order, ``U c`` (applied implicitly by the field).
 ``secretion`` (exchange; needs the immune and stromal fields)
-    Chemokine ``s (1 + boost Hill(IFN-γ)) (1 - loss)``, VEGF scaled by the hypoxic ramp below
+    Chemokine ``s (1 + boost Hill(IFN-γ)) (1 - loss) (1 + Σ b θ)`` (θ: innate-agonist occupancies, STING and
+    TLR7/8), VEGF scaled by the hypoxic ramp below
     ``hypoxic_threshold_mmHg``, and TGF-β.
 ``pdl1_expression`` (update; needs IFN-γ)
     PD-L1 relaxes to ``baseline + induced Hill(IFN-γ; 0.11 ng/mL, 1.26)`` with a 0.1-day half-life (spQSP);
@@ -31,7 +32,7 @@ import numpy as np
 
 from abm.engine.module import rule
 from abm.engine.world import FREE
-from abm.modules.common import probability, ramp
+from abm.modules.common import innate_chemokine_factor, probability, ramp
 from kernels.chemotaxis import pick, sample_uniform
 from kernels.lattice import box_sum
 from kernels.sampling import bernoulli_rows, thinned_rows
@@ -146,7 +147,7 @@ def pdl1_expression(world, params, rng, intents) -> None:
 
 @rule("secretion", "exchange", needs=("field:chemokine", "field:vegf", "field:tgfb", "field:ifng", "field:oxygen"))
 def secretion(world, params, rng, intents) -> None:
-    """Record chemokine (IFN-γ-boosted, reduced by chemokine loss), hypoxic VEGF and TGF-β secretion."""
+    """Record chemokine (IFN-γ- and innate-agonist-boosted, reduced by chemokine loss), hypoxic VEGF and TGF-β."""
     xp, p = world.xp, params.tumour
     cells = world.tables["tumour"]
     if len(cells) == 0:
@@ -159,6 +160,9 @@ def secretion(world, params, rng, intents) -> None:
     chem = _ifng_response(world, p, vox)
     chem *= dtype(rate * p.chemokine_ifng_boost)
     chem += dtype(rate)  # rate (1 + boost h(IFN-γ))
+    factor = innate_chemokine_factor(world, params.effects.innate, vox)  # STING, TLR7/8 agonists: x (1 + Σ b θ)
+    if factor is not None:
+        chem *= factor.astype(world.dtype)
     world.fields["chemokine"].secrete(vox, chem)
     if p.hypoxic_threshold_mmHg > 0:  # a threshold of 0 mmHg: no cell is hypoxic
         # Hypoxic VEGF: rate x ramp(pO2; 1 at 0 mmHg, 0 at the threshold) = clip(rate (1 - pO2/threshold), 0, rate).
