@@ -20,7 +20,7 @@ from numpy.random.bit_generator import ISeedSequence
 
 from kernels import philox
 
-__all__ = ["GENERATORS", "Backend", "BackendError", "StepRandom", "get_backend", "tune_host_allocator"]
+__all__ = ["GENERATORS", "Backend", "BackendError", "StepRandom", "get_backend", "select_device", "tune_host_allocator"]
 
 
 class BackendError(RuntimeError):
@@ -244,6 +244,47 @@ class Backend:
         """Wait for queued device work (a no-op on NumPy); call before reading a timer."""
         if self.xp is not np:
             self.xp.cuda.get_current_stream().synchronize()
+
+    def device_info(self) -> dict:
+        """What runs the model, for the run log and the run file's root attributes.
+
+        Empty on NumPy. On CuPy: ``gpu_index`` (the current device, as CUDA numbers the visible ones),
+        ``gpu_name``, ``gpu_memory_bytes``, ``gpu_compute_capability``, ``cuda_driver_version`` and
+        ``cuda_runtime_version`` (CUDA's integers, e.g. 12040 for 12.4) and ``cupy_version``.
+        """
+        if self.xp is np:
+            return {}
+        cupy = self.xp
+        index = int(cupy.cuda.runtime.getDevice())
+        props = cupy.cuda.runtime.getDeviceProperties(index)
+        name = props.get("name", b"")
+        return {
+            "gpu_index": index,
+            "gpu_name": name.decode(errors="replace") if isinstance(name, bytes) else str(name),
+            "gpu_memory_bytes": int(props.get("totalGlobalMem", 0)),
+            "gpu_compute_capability": f"{props.get('major', '?')}.{props.get('minor', '?')}",
+            "cuda_driver_version": int(cupy.cuda.runtime.driverGetVersion()),
+            "cuda_runtime_version": int(cupy.cuda.runtime.runtimeGetVersion()),
+            "cupy_version": str(cupy.__version__),
+        }
+
+
+def select_device(index: int) -> None:
+    """Make GPU ``index`` (among the devices CUDA sees) the current device of this process (``tme run --device``).
+
+    Raises
+    ------
+    BackendError
+        Without CuPy or a device, or if ``index`` is not one of the devices found.
+    """
+    try:
+        cupy = _cupy_with_device()
+    except BackendError as exc:
+        raise BackendError(f"--device {index}: {exc}") from None
+    n = int(cupy.cuda.runtime.getDeviceCount())
+    if not 0 <= index < n:
+        raise BackendError(f"--device {index}: CuPy finds {n} CUDA device(s), numbered 0 to {n - 1}")
+    cupy.cuda.Device(index).use()
 
 
 def get_backend(name: str) -> Backend:

@@ -46,10 +46,22 @@ def _cmd_validate(args) -> int:
     return 0
 
 
+def _use_device(args, backend: str | None) -> None:
+    """``--device N``: make GPU N the current device before any array is made (backend cupy, or auto with a GPU)."""
+    if args.device is None:
+        return
+    if backend == "numpy":
+        raise UserError(f"--device {args.device} picks a GPU, but the backend is 'numpy'; use --backend cupy or auto")
+    from abm.backend import select_device
+
+    select_device(args.device)
+
+
 def _cmd_run(args) -> int:
     from abm.runner import run_simulation
 
     config = _load(args)
+    _use_device(args, config.backend)
     result = run_simulation(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
     _print_summary(result)
     return 0
@@ -80,7 +92,8 @@ def _cmd_inspect(args) -> int:
     print(f"  format        {info['format']} v{info['format_version']}, written by tme-abm {info['software_version']}"
           f" on {info['created_utc']}")
     random = f", random {info['random']}" if info.get("random") else ""
-    print(f"  run           '{info['name']}', backend {info['backend']}{random}, seed {info['seed']}")
+    gpu = f" on {info['gpu_name']}" if info.get("gpu_name") else ""
+    print(f"  run           '{info['name']}', backend {info['backend']}{gpu}{random}, seed {info['seed']}")
     print(f"  grid          {grid['ndim']}-D {' x '.join(map(str, grid['shape']))} voxels of {grid['spacing_um']:g} µm"
           f", dt {info['dt_min']} min")
     if span:
@@ -142,6 +155,7 @@ def _cmd_replay(args) -> int:
     if args.backend is not None:
         overrides.append(f"backend={json.dumps(args.backend)}")
     _check_nesting(overrides)
+    _use_device(args, args.backend)
     result = replay_run(args.file, args.from_min, until_min=args.until, overrides=overrides, out_dir=args.out,
                         overwrite=args.overwrite, progress=not args.quiet, therapy_file=args.therapy_file)
     _print_summary(result)
@@ -365,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="run a simulation from a config")
     config_args(sp)
+    sp.add_argument("--device", type=int, metavar="N",
+                    help="GPU to run on (backend cupy or auto), numbered as CUDA sees them; default the first")
     sp.add_argument("--out", help="output directory (default runs/<name>)")
     sp.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -392,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="change a config value for the branch (TOML syntax); repeatable")
     sp.add_argument("--backend", choices=["numpy", "cupy", "auto"],
                     help="array backend (default: the one that wrote the parent, for bit-identical restarts)")
+    sp.add_argument("--device", type=int, metavar="N",
+                    help="GPU to run on (backend cupy or auto), numbered as CUDA sees them; default the first")
     sp.add_argument("--out", help="output directory (default <parent run dir>-replay-t<T>)")
     sp.add_argument("--overwrite", action="store_true", help="replace a run already in the output directory")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")

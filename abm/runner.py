@@ -197,10 +197,14 @@ def run_simulation(
         log.info("run '%s': backend %s, random %s, grid %s, %d steps of %g min from t = %g min, seed %d",
                  config.name, sim.backend.name, sim.world.generator, list(sim.shape), n_steps, sim.dt_min,
                  sim.time_min, config.seed)
+        device = sim.backend.device_info()
+        if device:
+            log.info("GPU %d: %s, CUDA driver %d, runtime %d, CuPy %s", device["gpu_index"], device["gpu_name"],
+                     device["cuda_driver_version"], device["cuda_runtime_version"], device["cupy_version"])
         writer = RunWriter(
             out_dir / "sim.h5", config_to_toml(config), config.seed, sim.backend.name, sim.shape, sim.spacing_um,
             random=sim.world.generator, readouts=sim.readout_declarations(), field_units=sim.field_units(),
-            compression=config.output.compression, attrs=extra_attrs, overwrite=True,
+            compression=config.output.compression, attrs={**device, **(extra_attrs or {})}, overwrite=True,
         )
         metrics = sim.metrics()
         writer.record(metrics)

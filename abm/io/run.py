@@ -439,6 +439,7 @@ class RunFile:
             "name": config.get("name"),
             "backend": attrs.get("backend"),
             "random": attrs.get("random"),
+            "gpu_name": attrs.get("gpu_name"),
             "seed": attrs.get("seed"),
             "grid": {"shape": list(self.shape), "spacing_um": self.spacing_um, "ndim": self.ndim},
             "dt_min": config.get("time", {}).get("dt_min"),
