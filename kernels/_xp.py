@@ -15,16 +15,21 @@ def array_namespace(*arrays):
     Parameters
     ----------
     *arrays : array-like
-        Arrays (or scalars) to inspect. Scalars and host arrays mean NumPy.
+        Arrays (or scalars) to inspect. Scalars and host arrays mean NumPy. Another array type that names its
+        namespace (``__array_namespace__``, as the array API standard asks) gets that namespace: the host-sync
+        audit's counting arrays (:mod:`abm.sync_audit`) do.
 
     Returns
     -------
     module
-        The array module (``numpy`` or ``cupy``).
+        The array module (``numpy``, ``cupy`` or the arrays' own).
     """
     for a in arrays:
-        if type(a).__module__.split(".", 1)[0] == "cupy":
+        package = type(a).__module__.split(".", 1)[0]
+        if package == "cupy":
             import cupy
 
             return cupy
+        if package not in ("numpy", "builtins") and hasattr(a, "__array_namespace__"):
+            return a.__array_namespace__()
     return np

@@ -574,8 +574,16 @@ def _prepare_levels(factors: ImplicitFactors, views, sink_dt, xp):
     return xp.linalg.inv(matrix)
 
 
-def _max_abs(a) -> float:
-    return max(float(a.max()), -float(a.min()))
+def _read_state(z, field, residual, curvature, xp) -> tuple[float, float, float, float]:
+    """``(max|z|, max|field|, residual . z, curvature)`` on the host, from one device-to-host copy.
+
+    The CG loop's only host synchronisation per iteration: every value it branches on comes across at once. The
+    values keep the field's dtype, so the host arithmetic on them is the same as on separate ``float()`` reads.
+    """
+    values = xp.stack([z.max(), -z.min(), field.max(), -field.min(), xp.vdot(residual, z),
+                       xp.ones((), dtype=field.dtype) if curvature is None else curvature]).astype(field.dtype)
+    z_high, z_low, f_high, f_low, rz, curv = _host(values).tolist()
+    return max(z_high, z_low), max(f_high, f_low), rz, curv
 
 
 def implicit_diffuse(
@@ -665,10 +673,9 @@ def implicit_diffuse(
     xp.subtract(rhs, product, out=residual)
     precondition(residual, z)
     iterations, rz_old = 0, 1.0
-    error, size = _max_abs(z), _max_abs(field)
+    error, size, rz, _ = _read_state(z, field, residual, None, xp)
     floor = max(tolerance, 16.0 * float(np.finfo(field.dtype).eps))
     while (error > floor * size + absolute_tolerance or iterations < min_iterations) and iterations < max_iterations:
-        rz = float(xp.vdot(residual, z))
         if not rz > 0:  # zero residual, or round-off has exhausted the search directions
             break
         if iterations == 0:
@@ -677,18 +684,23 @@ def implicit_diffuse(
             direction *= rz / rz_old
             direction += z
         _apply(finest, diag, direction, product, face, xp)
-        curvature = float(xp.vdot(direction, product))
-        if not curvature > 0:
-            break
-        alpha = rz / curvature
+        # The step length stays on the device: rz / curvature rounded once to the field dtype, as the host quotient
+        # was when it scaled the arrays. A curvature that is not positive gives 0 (the field is left as it is)
+        # and ends the loop once it is read with the next state.
+        curvature = xp.vdot(direction, product)
+        positive = curvature > 0
+        alpha = xp.where(positive, rz / xp.where(positive, curvature, 1), 0).astype(field.dtype)
         xp.multiply(direction, alpha, out=z)  # z is free until the next V-cycle: the axpy temporary
         field += z
         xp.multiply(product, alpha, out=z)
         residual -= z
         precondition(residual, z)
-        rz_old = rz
+        next_error, next_size, next_rz, curvature = _read_state(z, field, residual, curvature, xp)
+        if not curvature > 0:
+            break
+        rz_old, rz = rz, next_rz
         iterations += 1
-        error, size = _max_abs(z), _max_abs(field)
+        error, size = next_error, next_size
     relative = error / size if size > 0 else error
     return SolveInfo(iterations, relative, bool(error <= floor * size + absolute_tolerance))
 

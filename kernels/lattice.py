@@ -188,7 +188,7 @@ class Stencil:
         return self.xp.where(inside, values.take(flat), 0).sum(axis=0)
 
 
-def resolve_conflicts(targets, priority):
+def resolve_conflicts(targets, priority, size: int | None = None):
     """Pick one winner per target among agents that want the same voxel, by highest priority.
 
     The outcome depends only on the priorities, not on the order of the arrays, so it is the same whatever
@@ -200,6 +200,8 @@ def resolve_conflicts(targets, priority):
         The voxel each candidate wants.
     priority : float array, shape ``(N,)``
         Random priorities; the highest wins each voxel.
+    size : int, optional
+        A bound on the voxel indices (the lattice size); without it the largest target is read, a host sync.
 
     Returns
     -------
@@ -209,7 +211,7 @@ def resolve_conflicts(targets, priority):
     xp = array_namespace(targets, priority)
     if targets.shape[0] == 0:
         return xp.zeros(0, dtype=bool)
-    return _admit(targets, priority, xp.ones(int(targets.max()) + 1, dtype=np.int64), xp)
+    return _admit(targets, priority, xp.ones(int(targets.max()) + 1 if size is None else size, dtype=np.int64), xp)
 
 
 def scatter_count(voxels, size: int, weights=None, dtype=np.float64):
@@ -257,7 +259,9 @@ def _admit(targets, priority, slots, xp):
     Candidates whose voxel has at least as many free slots as requests are admitted outright; only the contested
     voxels' candidates are sorted (by voxel, then descending priority) and ranked, usually a small minority.
     """
-    demand = xp.bincount(targets, minlength=slots.shape[0])
+    # A scatter-add, not bincount: CuPy's bincount reads the input's minimum and maximum on the host.
+    demand = xp.zeros(slots.shape[0], dtype=np.int32)
+    xp.add.at(demand, targets, np.int32(1))
     won = demand[targets] <= slots[targets]
     contested = xp.nonzero(~won)[0]
     n = contested.shape[0]

@@ -54,12 +54,14 @@ def bernoulli_rows(rng, n: int, p: float, xp):
         # Gap to the next success: 1 + floor(log(V) / log(1 - p)), V = 1 - u uniform on (0, 1].
         gaps = xp.floor(xp.log1p(-u) / log_q) + 1.0
         positions = last + xp.cumsum(gaps)
-        end = float(positions[-1])
-        if end >= n:
-            found.append(positions[positions < n])
+        # Positions increase, so the count below n is where n would be inserted: one host sync per batch, and
+        # the batch is large enough that one almost always suffices.
+        inside = int(xp.searchsorted(positions, n))
+        if inside < batch:
+            found.append(positions[:inside])
             break
         found.append(positions)
-        last = end
+        last = float(positions[-1])
     rows = found[0] if len(found) == 1 else xp.concatenate(found)
     return rows.astype(np.int64)
 

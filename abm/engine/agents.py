@@ -2,7 +2,7 @@
 
 Each cell type declares its columns (name -> :class:`Column` with dtype, shape, unit) and keeps its agents in an
 :class:`AgentTable`: one backend array per column, all of equal length. Births append rows; deaths compact
-them with a boolean mask. No Python loop ever runs over agents.
+them with one index array. No Python loop ever runs over agents.
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ class AgentTable:
             n = lengths.pop()
             appended = {**appended, **{c: xp.full(n, self.schema[c].fill, dtype=self.schema[c].dtype)
                                        for c in missing}}
+        rows = None if mask is None else xp.flatnonzero(mask)  # one host sync for all columns, not one each
         for name, col in self.schema.items():
-            kept = self.columns[name] if mask is None else self.columns[name][mask]
+            kept = self.columns[name] if rows is None else self.columns[name].take(rows)
             if appended:
                 kept = xp.concatenate([kept, xp.asarray(appended[name], dtype=col.dtype)])
             self.columns[name] = kept

@@ -111,18 +111,18 @@ def commit_agents(world, intents, params_of: dict) -> CommitRecord:
                 raise NotImplementedError(f"table '{name}' divides, but only tissue-layer tables can divide")
             cause = intents.death_cause.get(name)
             if cause is not None:  # a parent that dies this step does not divide
-                alive = cause[parents] == 0
-                parents, targets = parents[alive], targets[alive]
+                alive = xp.flatnonzero(cause.take(parents) == 0)  # one index array for both: one host sync
+                parents, targets = parents.take(alive), targets.take(alive)
             requests.append((name, parents, targets))
     if requests:
         targets = xp.concatenate([t for _, _, t in requests])
-        won = resolve_conflicts(targets, world.rng(STREAMS["divisions"]).random(targets.shape[0]))
+        won = resolve_conflicts(targets, world.rng(STREAMS["divisions"]).random(targets.shape[0]), world.size)
         start = 0
         won_parents: dict = {}
         for name, parents, tg in requests:
-            w = won[start:start + parents.shape[0]]
+            w = xp.flatnonzero(won[start:start + parents.shape[0]])
             start += parents.shape[0]
-            won_parents.setdefault(name, []).append((parents[w], tg[w]))
+            won_parents.setdefault(name, []).append((parents.take(w), tg.take(w)))
         for name, pairs in won_parents.items():
             p = xp.concatenate([a for a, _ in pairs]) if len(pairs) > 1 else pairs[0][0]
             t = xp.concatenate([b for _, b in pairs]) if len(pairs) > 1 else pairs[0][1]
@@ -142,7 +142,10 @@ def commit_agents(world, intents, params_of: dict) -> CommitRecord:
         requests = [(tg, (name, r)) for name, spec in world.table_specs.items() if spec.layer == layer
                     for r, tg in intents.moves.get(name, [])]
         for (name, rows), tg, won in _admit(world, requests, STREAMS["moves"], capacity - world.counts(layer)):
-            world.tables[name]["voxel"][rows[won]] = tg[won]
+            # The rows of one request are distinct (one move per agent): losers write their own voxel back, so
+            # no mask selects the winners (a mask's size is a host sync on CuPy).
+            voxel = world.tables[name]["voxel"]
+            voxel[rows] = xp.where(won, tg, voxel.take(rows))
     for name, spec in world.table_specs.items():
         if spec.layer == "tissue" and intents.moves.get(name):
             raise NotImplementedError(f"table '{name}' moves, but only capacity-layer tables can move")

@@ -29,7 +29,7 @@ class Intents:
         Per table, voxels where new agents want to enter, their other column values, and the event readout
         that counts the admitted ones.
     layer_sets : list of (layer, voxels, value)
-        Layer voxels to set at the commit (e.g. necrotic voxels cleared).
+        Layer voxels to set at the commit (e.g. necrotic voxels cleared); ``value`` a scalar or one per voxel.
     notes : dict of str to list
         Module-specific intents read by that module's commit hook (e.g. vessel sprouts).
     """
@@ -74,7 +74,7 @@ class Intents:
         self.recruits.setdefault(table, []).append((voxels, columns, readout))
 
     def set_layer(self, layer: str, voxels, value) -> None:
-        """Record that ``layer`` takes ``value`` at flat ``voxels`` when the step commits."""
+        """Record that ``layer`` takes ``value`` (a scalar, or one value per voxel) at flat ``voxels`` at the commit."""
         self.layer_sets.append((layer, voxels, value))
 
     def note(self, key: str, value) -> None:

@@ -125,11 +125,12 @@ class World:
 
     def refresh_occupancy(self) -> None:
         """Rebuild the tissue index and the capacity counts from the layers and tables (once per step)."""
-        flat = self.tissue.reshape(-1)
+        xp, flat = self.xp, self.tissue.reshape(-1)
         self.tissue.fill(FREE)
         for name, spec in self.layer_specs.items():
             if spec.tissue_mark:
-                self.tissue[self.layers[name]] = self._codes[name]
+                # copyto: a mask write (or CuPy's putmask) counts the mask's entries on the host
+                xp.copyto(self.tissue, np.uint8(self._codes[name]), where=self.layers[name])
         for name, spec in self.table_specs.items():
             if spec.layer == "tissue":
                 flat[self.tables[name]["voxel"]] = self._codes[name]

@@ -97,11 +97,11 @@ class TumourModule(BaseModule):
         dead = record.dead.get("tumour")
         if dead is not None:
             codes, columns = dead
-            necrotic_now = columns["voxel"][codes == world.death_codes["tumour"]["necrosis"]]
-            world.layers["necrotic"].reshape(-1)[necrotic_now] = True
-        cleared = [v for layer, v, _ in intents.layer_sets if layer == "necrotic"]
-        events["necrotic_cleared"] = (xp.asarray(sum(int(v.shape[0]) for v in cleared), dtype=np.int64)
-                                      if cleared else xp.zeros((), dtype=np.int64))
+            # The dead occupied distinct voxels: OR in the necrotic ones without a mask (a host sync on CuPy).
+            necrotic, voxels = world.layers["necrotic"].reshape(-1), columns["voxel"]
+            necrotic[voxels] = necrotic.take(voxels) | (codes == world.death_codes["tumour"]["necrosis"])
+        cleared = intents.notes.get("necrotic_cleared", [])
+        events["necrotic_cleared"] = xp.asarray(sum(cleared, xp.zeros((), dtype=np.int64)), dtype=np.int64)
 
     def measure(self, world) -> dict:
         """Counts, hypoxic cells and oxygen over tumour cells (backend scalars)."""

@@ -112,7 +112,10 @@ def necrotic_clearance(world, params, rng, intents) -> None:
     if necrotic.shape[0] == 0:
         return
     prob = float(probability(params.tumour.necrotic_clearance_per_min, world.dt_min, np))
-    intents.set_layer("necrotic", necrotic[rng.random(necrotic.shape[0]) < prob], False)
+    cleared = rng.random(necrotic.shape[0]) < prob
+    # Every necrotic voxel is written (the cleared ones False), so no mask picks the cleared ones: a host sync.
+    intents.set_layer("necrotic", necrotic, ~cleared)
+    intents.note("necrotic_cleared", world.xp.count_nonzero(cleared))
 
 
 def _ifng_response(world, p, voxels):
