@@ -90,7 +90,7 @@ class Simulation(_EngineSimulation):
     @property
     def priming(self) -> float:
         """Lymph-node priming (0..1); only with the immune module."""
-        return self.module("immune").params.priming
+        return float(self.module("immune").params.priming)
 
     def tumour_regions(self):
         """Core, margin and stroma masks of the immune readouts (see ``ImmuneModule.regions``)."""

@@ -13,7 +13,10 @@ being the innermost line in abm/ or kernels/), host-to-device uploads per step a
 
 Configs (sizes named once, in CONFIGS): the quickstart (2-D, immune, anti-PD-1); immune_inflamed (2-D, immune
 only); car_t_anti_pd1 with both treatments from t = 0 (2-D, CAR-T cells and an antibody in the counted steps);
-the PhysiCell 3-D cancer-immune scene (75³ voxels, ~25k agents).
+the PhysiCell 3-D cancer-immune scene (75³ voxels, ~25k agents); and, each dosed from t = 0, oxaliplatin_anti_pd1
+(cytotoxic), oncolytic_virus_anti_pd1 (virus), nanoparticle_codelivery (carrier) and
+anti_pd1_high_dose_anti_vegf with angiogenesis on, fast sprouting and a short sustained-blockade time, so that
+vessels both sprout and are pruned in the counted steps.
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ CONFIGS = {
     "therapy": ("configs/therapies/car_t_anti_pd1.toml",
                 ["cell_therapy.cart.start_day=0", "therapy.nivolumab.schedule.start_day=0"]),
     "physicell": ("configs/physicell_cancer_immune_3d.toml", []),
+    "cytotoxic": ("configs/therapies/oxaliplatin_anti_pd1.toml",
+                  ["therapy.oxaliplatin.schedule.start_day=0", "therapy.nivolumab.schedule.start_day=0"]),
+    "virus": ("configs/therapies/oncolytic_virus_anti_pd1.toml",
+              ["virus.tvec.times_day=[0.0, 10.0]", "therapy.pembrolizumab.schedule.start_day=0"]),
+    "nanoparticle": ("configs/therapies/nanoparticle_codelivery.toml", ["therapy.np.schedule.start_day=0"]),
+    "anti_vegf": ("configs/therapies/anti_pd1_high_dose_anti_vegf.toml",
+                  ["therapy.bevacizumab.schedule.start_day=0", "therapy.nivolumab.schedule.start_day=0",
+                   "vessels.angiogenesis=true", "vessels.angiogenesis_rate_per_min=1.0",
+                   "effects.vegf.sustained_day=0.01", "effects.vegf.prune_per_day=5"]),
 }
 
 

@@ -15,6 +15,7 @@ from kernels._xp import array_namespace
 __all__ = [
     "Stencil",
     "box_sum",
+    "compact",
     "cube_offsets",
     "moore_offsets",
     "neighbours",
@@ -224,6 +225,22 @@ def scatter_count(voxels, size: int, weights=None, dtype=np.float64):
     xp = array_namespace(voxels, weights)
     out = xp.bincount(voxels, weights=weights, minlength=size)
     return out.astype(dtype, copy=False)
+
+
+def compact(values, mask, count: int):
+    """``values[mask]`` (both flattened), given its length ``count`` (the mask's number of true entries).
+
+    On a GPU the entries are scattered to their ranks (a cumulative sum of the mask), so no host sync reads the
+    mask's size; the result is the same array, in the same order.
+    """
+    xp = array_namespace(values, mask)
+    values, mask = values.reshape(-1), mask.reshape(-1)
+    if xp is np:
+        return values[mask]
+    slot = xp.where(mask, xp.cumsum(mask) - 1, count)  # the rest go to one spare entry, dropped
+    out = xp.empty(count + 1, dtype=values.dtype)
+    out[slot] = values
+    return out[:count]
 
 
 def resolve_capacity(targets, priority, slots):

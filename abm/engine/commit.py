@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.lattice import resolve_capacity, resolve_conflicts
+from kernels.lattice import compact, resolve_capacity, resolve_conflicts
 
 __all__ = ["CommitRecord", "commit_agents"]
 
@@ -55,6 +55,35 @@ def _admit(world, requests, stream: str, slots):
     for v, payload in requests:
         yield payload, v, won[start:start + v.shape[0]]
         start += v.shape[0]
+
+
+def _host_counts(world, masks) -> list[int]:
+    """The number of true entries of each of ``masks``, read on the host in one copy."""
+    xp = world.xp
+    counts = [xp.count_nonzero(m) for m in masks]
+    return counts if xp is np else [int(n) for n in world.backend.to_host(xp.stack(counts))]
+
+
+def _recruit(world, requests, slots):
+    """Admit ``(voxels, where, payload)`` recruitment requests against ``slots`` free places per voxel.
+
+    A request's candidates are its ``voxels`` where ``where`` holds (all of them without it); every request's
+    candidates are given priorities in one draw, in request order. The candidates and the admitted ones per
+    request are counted on the host in one copy each (the second only when anyone asks to enter), not by a
+    compaction per request. Yields ``(payload, admitted voxels)`` per request.
+    """
+    xp = world.xp
+    wants = [xp.ones(v.shape[0], dtype=bool) if w is None else w for v, w, _ in requests]
+    sizes = _host_counts(world, wants)
+    total = sum(sizes)
+    if total == 0:
+        return
+    voxels = xp.concatenate([compact(v, w, k) for (v, _, _), w, k in zip(requests, wants, sizes)])
+    won = resolve_capacity(voxels, world.rng(STREAMS["recruitment"]).random(total), slots)
+    bounds = np.cumsum([0, *sizes]).tolist()
+    parts = [won[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    for (_, _, payload), part, a, b, m in zip(requests, parts, bounds[:-1], bounds[1:], _host_counts(world, parts)):
+        yield payload, compact(voxels[a:b], part, m)
 
 
 def commit_agents(world, intents, params_of: dict) -> CommitRecord:
@@ -161,15 +190,14 @@ def commit_agents(world, intents, params_of: dict) -> CommitRecord:
         for name, spec in world.table_specs.items():
             if spec.layer != layer:
                 continue
-            for voxels, columns, readout in intents.recruits.get(name, []):
-                requests.append((voxels, (name, columns, readout)))
+            for voxels, columns, readout, where in intents.recruits.get(name, []):
+                requests.append((voxels, where, (name, columns, readout)))
                 if readout:
                     ev.setdefault(readout, zero)
         if not requests:
             continue
         slots = capacity - world.count_layer(layer)
-        for (name, columns, readout), v, won in _admit(world, requests, STREAMS["recruitment"], slots):
-            new = v[won]
+        for (name, columns, readout), new in _recruit(world, requests, slots):
             m = new.shape[0]
             world.tables[name].append(voxel=new, **{c: xp.full(m, val) for c, val in columns.items()})
             if readout:

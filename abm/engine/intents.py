@@ -25,9 +25,9 @@ class Intents:
         Per table, the code of the cause each agent dies of this step (0 = survives), created on first use.
     divisions, moves : dict of str to list of (rows, targets)
         Per table, rows that divide (move) and the voxel each daughter (mover) wants.
-    recruits : dict of str to list of (voxels, columns, readout)
-        Per table, voxels where new agents want to enter, their other column values, and the event readout
-        that counts the admitted ones.
+    recruits : dict of str to list of (voxels, columns, readout, where)
+        Per table, voxels where new agents want to enter (only those where ``where`` holds, when it is given),
+        their other column values, and the event readout that counts the admitted ones.
     layer_sets : list of (layer, voxels, value)
         Layer voxels to set at the commit (e.g. necrotic voxels cleared); ``value`` a scalar or one per voxel.
     notes : dict of str to list
@@ -51,15 +51,28 @@ class Intents:
             codes = self.death_cause[table] = self.xp.zeros(len(self.world.tables[table]), dtype=np.int8)
         return codes
 
-    def kill(self, table: str, which, cause: str) -> None:
+    def kill(self, table: str, which, cause: str, where=None) -> None:
         """Mark agents of ``table`` as dying of ``cause``; ``which`` is a boolean mask or row indices.
 
-        When several rules kill one agent the cause of highest priority wins, whatever the rule order.
+        With row indices, ``where`` (bool, one per row) keeps only the rows where it is true; rows may repeat
+        (two killers, one target). When several rules kill one agent the cause of highest priority wins, whatever
+        the rule order. Neither a mask nor ``where`` is compacted on a GPU (a compaction is a host sync there).
         """
-        code = self.world.death_codes[table][cause]
-        rows = self.xp.nonzero(which)[0] if which.dtype == bool else which
+        xp = self.xp
+        code = np.int8(self.world.death_codes[table][cause])
         codes = self.causes(table)
-        codes[rows] = self.xp.maximum(codes[rows], np.int8(code))
+        if which.dtype == bool:
+            xp.copyto(codes, xp.maximum(codes, code), where=which)
+            return
+        if where is not None:
+            if xp is np:
+                which = which[where]
+            else:  # the hits of each agent by scatter-add, then one masked write
+                hits = xp.zeros(codes.shape[0], dtype=np.int32)
+                xp.add.at(hits, which, where.astype(np.int32))
+                xp.copyto(codes, xp.maximum(codes, code), where=hits > 0)
+                return
+        codes[which] = xp.maximum(codes[which], code)
 
     def divide(self, table: str, parents, targets) -> None:
         """Record that agents ``parents`` want to place a daughter in voxels ``targets``."""
@@ -69,9 +82,13 @@ class Intents:
         """Record that agents ``rows`` want to move to voxels ``targets`` (capacity layers)."""
         self.moves.setdefault(table, []).append((rows, targets))
 
-    def recruit(self, table: str, voxels, columns: dict, readout: str | None = None) -> None:
-        """Record new agents wanting to enter at ``voxels`` with scalar column values ``columns``."""
-        self.recruits.setdefault(table, []).append((voxels, columns, readout))
+    def recruit(self, table: str, voxels, columns: dict, readout: str | None = None, where=None) -> None:
+        """Record new agents wanting to enter at ``voxels`` with scalar column values ``columns``.
+
+        With ``where`` (bool, one per voxel) only the voxels where it holds ask; the commit picks them for all
+        requests together, one host sync on a GPU rather than one per request.
+        """
+        self.recruits.setdefault(table, []).append((voxels, columns, readout, where))
 
     def set_layer(self, layer: str, voxels, value) -> None:
         """Record that ``layer`` takes ``value`` (a scalar, or one value per voxel) at flat ``voxels`` at the commit."""

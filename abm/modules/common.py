@@ -5,8 +5,8 @@ from __future__ import annotations
 from abm.engine.module import FieldSpec
 from kernels.lattice import box_sum
 
-__all__ = ["blocked", "hill", "immunogenic_antigen", "initial_region", "innate_agonism", "innate_chemokine_factor",
-           "lesion_regions", "probability", "ramp", "solute_spec"]
+__all__ = ["blocked", "hill", "immunogenic_antigen", "initial_region", "innate_agonism",
+           "innate_chemokine_factor", "lesion_regions", "probability", "ramp", "region_sizes", "solute_spec"]
 
 
 def hill(x, half_max, n, xp):
@@ -143,5 +143,15 @@ def _lesion_regions(world, margin_um: float):
     dilated = count > 0
     # Erosion: every voxel of the window lies in the lesion (windows clipped at the lattice edge count as out).
     eroded = count >= window - 0.5
-    core = eroded if bool(eroded.any()) else lesion
+    core = world.xp.where(eroded.any(), eroded, lesion)  # no branch on the device's answer (a host sync)
     return core, dilated & ~core, ~dilated
+
+
+def region_sizes(world, margin_um: float) -> tuple[int, int, int]:
+    """Voxels in the core, margin and stroma of :func:`lesion_regions`, read on the host in one copy (memoised)."""
+    def read():
+        xp = world.xp
+        counts = xp.stack([xp.count_nonzero(r) for r in lesion_regions(world, margin_um)])
+        return tuple(int(n) for n in world.backend.to_host(counts))
+
+    return world.memo(("region_sizes", float(margin_um)), read)

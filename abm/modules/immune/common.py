@@ -65,7 +65,8 @@ def record_walk(world, intents, table: str, speed_um_per_min: float, sensitivity
     chem = world.fields[attractant].data.reshape(-1)
     logw = chemotaxis_weights(chem.take(here), chem.take(flat), allowed, sensitivity, half_max)
     choice, possible = sample_choice(logw, rng.random(here.shape[0]))
-    intents.move(table, rows[possible], pick(flat, choice)[possible])
+    keep = xp.flatnonzero(possible)  # one index array for both: one host sync
+    intents.move(table, rows.take(keep), pick(flat, choice).take(keep))
 
 
 def record_recruitment(world, intents, table: str, rate_per_vessel_per_min, rng, readout: str, **columns) -> None:
@@ -81,10 +82,7 @@ def record_recruitment(world, intents, table: str, rate_per_vessel_per_min, rng,
         return
     rate = xp.asarray(rate_per_vessel_per_min, dtype=np.float64) * world.factor("perfusion", vessels)
     enter = rng.random(vessels.shape[0]) < probability(rate, world.dt_min, xp)
-    voxels = vessels[enter]
-    if voxels.shape[0] == 0:
-        return
-    intents.recruit(table, voxels, columns, readout)
+    intents.recruit(table, vessels, columns, readout, where=enter)
 
 
 def adjacent_tumour_cell(world, voxels, uniforms):
@@ -108,7 +106,9 @@ def counts_near(world, kind: str, window, voxels):
 
     Each suppressor adds its (symmetric) window onto a persistent all-zero count grid; the asking voxels
     gather one value each and the touched entries are zeroed again. Suppressors are few, so the cost follows
-    their number, never the lattice size or the number of asking cells.
+    their number, never the lattice size or the number of asking cells. On a GPU every cell of the table adds
+    its window, 0 where it is no suppressor (the integer sums are the same): picking the suppressors is a host
+    sync there.
 
     Returns
     -------
@@ -117,14 +117,16 @@ def counts_near(world, kind: str, window, voxels):
     xp = world.xp
     if kind == "m2":
         m = world.tables["macrophage"]
-        vox = m["voxel"][m["state"] == M2]
+        vox, member = m["voxel"], m["state"] == M2
     elif kind == "mdsc":
-        vox = world.tables["mdsc"]["voxel"]
+        vox, member = world.tables["mdsc"]["voxel"], None
     else:
         t = world.tables["tcell"]
-        vox = t["voxel"][t["is_treg"]]
+        vox, member = t["voxel"], t["is_treg"]
+    if member is not None and xp is np:
+        vox, member = vox[member], None
     if vox.shape[0] == 0:  # none present: common, and saves the scatter
         return xp.zeros(voxels.shape[0], dtype=np.float64)
     flat, inside = window.neighbours(vox)
-    # Outside entries point home and add 0.
-    return world.scratch_sum(flat.reshape(-1), inside.reshape(-1).astype(np.int32), voxels).astype(np.float64)
+    adds = inside if member is None else inside & member[None, :]  # outside entries point home and add 0
+    return world.scratch_sum(flat.reshape(-1), adds.reshape(-1).astype(np.int32), voxels).astype(np.float64)

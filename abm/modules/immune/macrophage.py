@@ -56,14 +56,17 @@ def macrophage_secretion(world, params, rng, intents) -> None:
     if len(m) == 0:
         return
     p = params.macrophage
+    xp = world.xp
     vox, state = m["voxel"], m["state"]
-    m1, m2 = vox[state == M1], vox[state == M2]
-    # Innate agonists induce CXCL9/10; macrophages sharing a voxel share its factor, so the sum stays reproducible.
-    factor = innate_chemokine_factor(world, params.effects.innate, m1)
-    world.fields["chemokine"].secrete(m1, p.m1_chemokine_secretion if factor is None
-                                      else p.m1_chemokine_secretion * factor)
-    world.fields["tgfb"].secrete(m2, p.m2_tgfb_secretion)
-    world.fields["vegf"].secrete(m2, p.m2_vegf_secretion)
+    # Every macrophage adds its amount, 0 outside the secreting state (exact): no mask picks the M1 or M2 cells
+    # (a host sync each). Innate agonists induce CXCL9/10; macrophages sharing a voxel share its factor, so the
+    # sum stays reproducible.
+    m1, m2 = state == M1, state == M2
+    factor = innate_chemokine_factor(world, params.effects.innate, vox)
+    chemokine = p.m1_chemokine_secretion if factor is None else p.m1_chemokine_secretion * factor
+    world.fields["chemokine"].secrete(vox, xp.where(m1, chemokine, 0.0))
+    world.fields["tgfb"].secrete(vox, xp.where(m2, p.m2_tgfb_secretion, 0.0))
+    world.fields["vegf"].secrete(vox, xp.where(m2, p.m2_vegf_secretion, 0.0))
 
 
 @rule("macrophage_recruitment", "behaviour")
@@ -136,7 +139,7 @@ def macrophage_kill(world, params, rng, intents) -> None:
     target, engaged = adjacent_tumour_cell(world, here, rng.random(here.shape[0]))
     prob = float(probability(params.macrophage.m1_kill_rate_per_day / 1440.0, world.dt_min, np))
     kill = engaged & (rng.random(rows.shape[0]) < prob)
-    intents.kill("tumour", target[kill], "killed_macrophage")
+    intents.kill("tumour", target, "killed_macrophage", where=kill)
 
 
 @rule("macrophage_move", "behaviour")

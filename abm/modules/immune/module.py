@@ -23,10 +23,17 @@ import numpy as np
 from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, Readout, TableSpec
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import immunogenic_antigen, initial_region, innate_agonism, lesion_regions, solute_spec
+from abm.modules.common import (
+    immunogenic_antigen,
+    initial_region,
+    innate_agonism,
+    lesion_regions,
+    region_sizes,
+    solute_spec,
+)
 from abm.modules.immune import macrophage, mdsc, tcell
 from abm.modules.immune.common import M0, M1, M2
-from kernels.lattice import Stencil, cube_offsets, scatter_count
+from kernels.lattice import Stencil, compact, cube_offsets
 
 __all__ = ["PHENOTYPE_CODES", "ImmuneModule"]
 
@@ -43,6 +50,17 @@ MDSC_READOUTS = [
     Readout("mdsc_deaths", "cells", "event", "MDSC deaths"),
     Readout("ccl2_max", "a.u.", "level", "maximal CCL2"),
 ]
+
+
+def _voxel_counts(xp, voxels, size: int, where=None):
+    """Cells per voxel (float64, flat lattice), only those ``where`` is true when given.
+
+    A scatter-add of ones (zeros where ``where`` is false): ``bincount`` and a mask would each be a host sync on
+    a GPU.
+    """
+    out = xp.zeros(size, dtype=np.float64)
+    xp.add.at(out, voxels, 1.0 if where is None else where.astype(np.float64))
+    return out
 
 
 def _readouts(ndim: int) -> list[Readout]:
@@ -192,32 +210,35 @@ class ImmuneModule(BaseModule):
         if self.params.products:
             self._count_transferred_kills(world, intents, events)
         im = self.params.immune
-        p = self.params.priming
+        # Priming stays on the backend, a 0-d float64 array (the same double arithmetic as on the host): reading
+        # the antigen on the host would make every step wait for the device.
+        p = xp.asarray(self.params.priming, dtype=np.float64)
         gain = im.priming_per_antigen * (1.0 + self.params.effects.ctla4.priming_boost
                                          * world.systemic.get("occupancy_ctla4_plasma", 0.0))  # anti-CTLA-4
-        p += (gain * float(world.backend.to_host(xp.asarray(antigen))) + self._innate_priming(world)) * (1.0 - p)
-        p -= im.priming_decay_per_min * world.dt_min * p
-        self.params.priming = float(min(max(p, 0.0), 1.0))
+        p = p + (gain * xp.asarray(antigen, dtype=np.float64) + self._innate_priming(world)) * (1.0 - p)
+        p = p - im.priming_decay_per_min * world.dt_min * p
+        self.params.priming = xp.clip(p, 0.0, 1.0)
 
-    def _innate_priming(self, world) -> float:
+    def _innate_priming(self, world):
         """Priming drive of innate agonists over the step, ``Σ k θ̄ dt`` (θ̄: mean occupancy over tumour cells).
 
         Type-I interferon and TLR signalling activate the tumour's dendritic cells, which cross-prime in the lymph
-        node; ``k`` is each agonist target's ``priming_per_day``. 0 without agonists or tumour cells.
+        node; ``k`` is each agonist target's ``priming_per_day``. 0 without agonists or tumour cells, else a 0-d
+        float64 array.
         """
         vox = world.tables["tumour"]["voxel"]
         terms = innate_agonism(world, self.params.effects.innate, vox)
         if not terms or vox.shape[0] == 0:
             return 0.0
         drive = sum(s.priming_per_day / 1440.0 * theta.mean() for s, theta in terms)
-        return float(world.backend.to_host(world.xp.asarray(drive))) * world.dt_min
+        return world.xp.asarray(drive, dtype=np.float64) * world.dt_min
 
     def _count_transferred_kills(self, world, intents, events: dict) -> None:
         """Kills by transferred cells in the step, per product and in all (successful kill draws)."""
         xp = world.xp
-        noted = intents.notes.get("transferred_kills", [])
-        product = xp.concatenate(noted) if noted else xp.zeros(0, dtype=np.int64)
-        counts = xp.bincount(product, minlength=len(self.params.products) + 1)
+        counts = xp.zeros(len(self.params.products) + 1, dtype=np.int64)
+        for product, kill in intents.notes.get("transferred_kills", []):  # a scatter-add: bincount syncs on a GPU
+            xp.add.at(counts, product, kill.astype(np.int64))
         for k, (name, _) in enumerate(self.params.products, start=1):
             events[f"tumour_killed_by_{name}"] = counts[k]
         events["tumour_killed_by_transferred"] = counts[1:].sum()
@@ -241,7 +262,8 @@ class ImmuneModule(BaseModule):
         t, m, tum = world.tables["tcell"], world.tables["macrophage"], world.tables["tumour"]
         eff = ~t["is_treg"]
         core, margin, stroma = self.regions(world)
-        cd8 = scatter_count(t["voxel"][eff], world.size).reshape(world.shape)
+        n_core, n_margin, n_stroma = region_sizes(world, self.params.phenotype.margin_um)
+        cd8 = _voxel_counts(xp, t["voxel"], world.size, eff).reshape(world.shape)
         lesion = core | margin
         ecm = world.layers["ecm"]
         out = {f"transferred_{name}_alive": xp.count_nonzero(t["product"] == k)
@@ -258,25 +280,30 @@ class ImmuneModule(BaseModule):
             "macrophage_m2": xp.count_nonzero(m["state"] == M2),
             "antigenicity_sum": tum["antigenicity"].astype(np.float64).sum(),
             "pdl1_sum": tum["pdl1"].astype(np.float64).sum(),
-            "cd8_core": cd8[core].sum(),
-            "cd8_margin": cd8[margin].sum(),
-            "cd8_stroma": cd8[stroma].sum(),
-            "core_voxels": xp.count_nonzero(core),
-            "margin_voxels": xp.count_nonzero(margin),
-            "stroma_voxels": xp.count_nonzero(stroma),
-            "ecm_mean_tumour": ecm[lesion].astype(np.float64).sum() / max(1, int(xp.count_nonzero(lesion))),
-            "ecm_mean_stroma": ecm[stroma].astype(np.float64).sum() / max(1, int(xp.count_nonzero(stroma))),
+            # Whole-number counts: summed exactly in any order, so over the lattice with 0 outside the region.
+            "cd8_core": xp.where(core, cd8, 0.0).sum(),
+            "cd8_margin": xp.where(margin, cd8, 0.0).sum(),
+            "cd8_stroma": xp.where(stroma, cd8, 0.0).sum(),
+            "core_voxels": n_core,
+            "margin_voxels": n_margin,
+            "stroma_voxels": n_stroma,
+            "ecm_mean_tumour": compact(ecm, lesion, n_core + n_margin).astype(np.float64).sum()
+            / max(1, n_core + n_margin),
+            "ecm_mean_stroma": compact(ecm, stroma, n_stroma).astype(np.float64).sum() / max(1, n_stroma),
             "ifng_max": world.fields["ifng"].data.max(),
             "chemokine_max": world.fields["chemokine"].data.max(),
+            "priming": self.params.priming,
             **(self._measure_mdsc(world, core, margin, stroma) if "mdsc" in world.tables else {}),
         }
 
     @staticmethod
     def _measure_mdsc(world, core, margin, stroma) -> dict:
         """MDSC count, count per region (turned into densities by :meth:`derive`) and maximal CCL2."""
-        n = scatter_count(world.tables["mdsc"]["voxel"], world.size).reshape(world.shape)
-        return {"mdsc_cells": n.sum(), "mdsc_core": n[core].sum(), "mdsc_margin": n[margin].sum(),
-                "mdsc_stroma": n[stroma].sum(), "ccl2_max": world.fields["ccl2"].data.max()}
+        xp = world.xp
+        n = _voxel_counts(xp, world.tables["mdsc"]["voxel"], world.size).reshape(world.shape)
+        return {"mdsc_cells": n.sum(), "mdsc_core": xp.where(core, n, 0.0).sum(),
+                "mdsc_margin": xp.where(margin, n, 0.0).sum(), "mdsc_stroma": xp.where(stroma, n, 0.0).sum(),
+                "ccl2_max": world.fields["ccl2"].data.max()}
 
     def derive(self, out: dict) -> None:
         """Ratios, fractions, densities (per mm² in 2-D, per mm³ in 3-D) and the phenotype code."""
@@ -288,7 +315,6 @@ class ImmuneModule(BaseModule):
         antigenicity, pdl1 = out.pop("antigenicity_sum"), out.pop("pdl1_sum")
         out["antigenicity_mean"] = antigenicity / n_tumour if n_tumour else 0.0
         out["pdl1_mean"] = pdl1 / n_tumour if n_tumour else 0.0
-        out["priming"] = float(self.params.priming)
         voxel_mm = (self._spacing / 1000.0) ** self._ndim
         for region in ("core", "margin", "stroma"):
             n_vox = out.pop(f"{region}_voxels")

@@ -103,8 +103,9 @@ def tcell_secretion(world, params, rng, intents) -> None:
     t = world.tables["tcell"]
     if len(t) == 0:
         return
+    # Every cell adds its amount, 0 where not engaged (exact): no mask picks the engaged ones (a host sync).
     engaged = t["engaged"] & ~t["is_treg"]
-    world.fields["ifng"].secrete(t["voxel"][engaged], params.tcell.ifng_secretion)
+    world.fields["ifng"].secrete(t["voxel"], world.xp.where(engaged, params.tcell.ifng_secretion, 0.0))
 
 
 @rule("tcell_recruitment", "behaviour")
@@ -224,7 +225,8 @@ def tcell_kill(world, params, rng, intents) -> None:
         return
     here = t["voxel"][rows]
     target, engaged = adjacent_tumour_cell(world, here, rng.random(here.shape[0]))
-    rows, here, target = rows[engaged], here[engaged], target[engaged]
+    picked = xp.flatnonzero(engaged)  # one index array for the three: one host sync
+    rows, here, target = rows.take(picked), here.take(picked), target.take(picked)
     if rows.shape[0] == 0:
         return
     pdl1 = tum["pdl1"][target].astype(np.float64)
@@ -248,15 +250,15 @@ def tcell_kill(world, params, rng, intents) -> None:
         keep = keep * (1.0 - s)
     p_kill = probability(kill_per_min * q * keep, world.dt_min, xp)
     kill = rng.random(rows.shape[0]) < p_kill
-    intents.kill("tumour", target[kill], "killed_tcell")
+    intents.kill("tumour", target, "killed_tcell", where=kill)
     if params.products:
-        intents.note("transferred_kills", product[kill])
+        intents.note("transferred_kills", (product, kill))
 
     engaged_all = xp.zeros(n, dtype=bool)
     engaged_all[rows] = True
     t["engaged"] = engaged_all
     kills = t["kills"]
-    kills[rows[kill]] += 1
+    kills[rows] += kill.astype(kills.dtype)  # rows are distinct
     if res.exhaustion:
         ex = t["exhaustion"]
         signalling = pdl1  # PD-1 signalling; blockade of either side removes its share
@@ -298,12 +300,12 @@ def tcell_death(world, params, rng, intents) -> None:
         return
     # Transferred cells die at their product's rate (own stream), endogenous ones at 1/lifespan as before.
     xp, law, product = world.xp, params.product_laws, t["product"].astype(np.int64)
-    intents.kill("tcell", old[product[old] == 0], "lifespan")
-    rows = xp.nonzero(product > 0)[0]
+    intents.kill("tcell", old, "lifespan", where=product.take(old) == 0)
+    rows = xp.nonzero(product > 0)[0]  # the draws below are one per transferred cell: their number is needed
     if rows.shape[0]:
         rate = law["death_per_min"][product[rows]]
         u = world.rng(params.stream("transferred_death")).random(rows.shape[0])
-        intents.kill("tcell", rows[u < probability(rate, world.dt_min, xp)], "lifespan")
+        intents.kill("tcell", rows, "lifespan", where=u < probability(rate, world.dt_min, xp))
     intents.kill("tcell", t["kills"] >= law["max_kills"][product], "kill_limit")
 
 

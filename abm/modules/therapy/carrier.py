@@ -237,7 +237,9 @@ def uptake_per_min(world, tc):
     rate = (world.tissue == world.code("tumour")).reshape(-1) * (tc.tumour_uptake_per_day / 1440.0)
     m = world.tables.get("macrophage")
     if m is not None and len(m) and tc.macrophage_uptake_per_day > 0:
-        rate = rate + xp.bincount(m["voxel"], minlength=world.size) * (tc.macrophage_uptake_per_day / 1440.0)
+        per_voxel = xp.zeros(world.size, dtype=np.int64)  # a scatter-add: bincount is two host syncs on a GPU
+        xp.add.at(per_voxel, m["voxel"], 1)
+        rate = rate + per_voxel * (tc.macrophage_uptake_per_day / 1440.0)
     return rate
 
 

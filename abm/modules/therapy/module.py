@@ -45,7 +45,7 @@ import numpy as np
 from abm.config import ConfigError
 from abm.engine.module import DeathCause, Declaration, FieldSpec, LayerSpec, Readout, rule
 from abm.modules.base import BaseModule, Params
-from abm.modules.common import immunogenic_antigen, lesion_regions, probability
+from abm.modules.common import immunogenic_antigen, lesion_regions, probability, region_sizes
 from abm.modules.therapy.carrier import (
     Account,
     Carrier,
@@ -60,6 +60,7 @@ from abm.modules.therapy.config import target_slug
 from abm.modules.therapy.cytotoxic import RADIATED_TABLES, Course, adc_payload, chemotherapy, radiation, region_mask
 from abm.modules.therapy.virus import ANTIVIRAL, Virus, virus_exchange, virus_infection
 from abm.modules.vasculature.module import supply
+from kernels.lattice import compact
 from kernels.pk import advance_with_doses, compartment_model
 
 __all__ = ["SUSTAINED_VEGF", "TherapyModule", "dose_events"]
@@ -438,14 +439,17 @@ class TherapyModule(BaseModule):
         Carriers update their internalised pool and exposure integrals. A lysed tumour cell adds ``burst_pfu / dx³``
         to the virus field in its voxel (one cell per voxel: the voxels are distinct).
         """
-        p = self.params
+        xp, p = world.xp, self.params
         dead = record.dead.get("tumour")
         for name, v in p.viruses.items():
             events[f"doses_{name}"] = world.xp.asarray(float(v.doses_this_step))
             if dead is not None:
                 codes, columns = dead
-                lysed = columns["voxel"][codes == world.death_codes["tumour"][v.lysis_cause]]
-                world.fields[name].data.reshape(-1)[lysed] += world.dtype.type(v.cfg.burst_pfu / v.voxel_mL)
+                # Every dead cell's voxel is written, the lysed ones raised: no mask picks them (a host sync).
+                lysed = codes == world.death_codes["tumour"][v.lysis_cause]
+                titre, voxels = world.fields[name].data.reshape(-1), columns["voxel"]
+                old = titre.take(voxels)
+                titre[voxels] = xp.where(lysed, old + world.dtype.type(v.cfg.burst_pfu / v.voxel_mL), old)
         for name, n in p.doses_this_step.items():
             events[f"doses_{name}"] = world.xp.asarray(float(n))
         if p.carriers:
@@ -487,11 +491,12 @@ class TherapyModule(BaseModule):
                 out[f"exposure_ratio_{pl.name}"] = acc.auc_tumour[pl.name] / auc_p if auc_p > 0 else xp.zeros(())
         if self.params.tissue_binders:
             regions = lesion_regions(world, self.params.margin_um)
+            sizes = region_sizes(world, self.params.margin_um)
             for slug in self.params.tissue_binders:
                 layer = world.layers[f"occupancy_{slug}"]
-                for region, mask in zip(("core", "margin", "stroma"), regions):
-                    count = xp.count_nonzero(mask)
-                    out[f"occupancy_{slug}_{region}"] = layer[mask].astype(np.float64).sum() / xp.maximum(count, 1)
+                for region, mask, count in zip(("core", "margin", "stroma"), regions, sizes):
+                    out[f"occupancy_{slug}_{region}"] = (compact(layer, mask, count).astype(np.float64).sum()
+                                                         / max(count, 1))
         for slug in self.params.plasma_binders:
             out[f"occupancy_{slug}_plasma"] = xp.asarray(world.systemic.get(f"occupancy_{slug}_plasma", 0.0))
         for name, v in self.params.viruses.items():

@@ -27,7 +27,6 @@ import numpy as np
 from abm.engine.module import rule
 from abm.modules.common import probability
 from abm.modules.vasculature.module import supply
-from kernels.lattice import scatter_count
 
 __all__ = ["ANTIVIRAL", "Virus", "virus_exchange", "virus_infection"]
 
@@ -93,7 +92,8 @@ def _effectors_near(world, voxels):
     t = world.tables.get("tcell")
     if t is None or len(t) == 0:
         return xp.zeros(voxels.shape[0], dtype=np.float64)
-    grid = scatter_count(t["voxel"][~t["is_treg"]], world.size)
+    grid = xp.zeros(world.size, dtype=np.float64)  # a scatter-add: a mask and bincount are host syncs on a GPU
+    xp.add.at(grid, t["voxel"], (~t["is_treg"]).astype(np.float64))
     flat, inside = world.moore_and_self.neighbours(voxels)
     return (grid.take(flat) * inside).sum(axis=0)
 
@@ -122,6 +122,6 @@ def virus_infection(world, params, rng, intents) -> None:
             u = rng.random(rows.shape[0])
             dies = u < probability(total, dt, xp)
             lyses = dies & (u < probability(total, dt, xp) * lysis / xp.maximum(total, 1e-300))
-            intents.kill("tumour", rows[lyses], v.lysis_cause)
-            intents.kill("tumour", rows[dies & ~lyses], ANTIVIRAL)
+            intents.kill("tumour", rows, v.lysis_cause, where=lyses)
+            intents.kill("tumour", rows, ANTIVIRAL, where=dies & ~lyses)
         cells["infection_min"] = xp.where(infected, clock + dt, xp.where(newly, 0.0, -1.0)).astype(np.float32)

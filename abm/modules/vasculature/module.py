@@ -75,7 +75,7 @@ def angiogenesis(world, params, rng, intents) -> None:
         vegf = vegf * (1.0 - theta)
     rate = vs.angiogenesis_rate_per_min * vegf / (vegf + vs.angiogenesis_vegf_half_max)
     sprout = rng.random(candidates.shape[0]) < 1.0 - xp.exp(-rate * world.dt_min)
-    intents.note("vessel_sprouts", candidates[sprout])
+    intents.note("vessel_sprouts", (candidates, sprout))  # no mask picks the sprouts: a host sync on a GPU
 
 
 @rule("vessel_pruning", "behaviour", needs=("layer:occupancy_vegf_sustained",))
@@ -93,7 +93,9 @@ def vessel_pruning(world, params, rng, intents) -> None:
     sustained = world.layers["occupancy_vegf_sustained"].reshape(-1).take(vessels).astype(np.float64)
     excess = world.xp.clip((sustained - e.prune_threshold) / (1.0 - e.prune_threshold), 0.0, 1.0)
     prune = rng.random(vessels.shape[0]) < probability(e.prune_per_day / 1440.0 * excess, world.dt_min, world.xp)
-    intents.set_layer("vessels", vessels[prune], False)
+    # Every vessel voxel is written (the pruned ones False), so no mask picks the pruned ones: a host sync.
+    intents.set_layer("vessels", vessels, ~prune)
+    intents.note("vessels_pruned", world.xp.count_nonzero(prune))
 
 
 RULES = {r.name: r for r in (oxygen_supply, angiogenesis, vessel_pruning)}
@@ -168,23 +170,24 @@ class VasculatureModule(BaseModule):
     def commit(self, world, record, intents, events: dict) -> None:
         """Turn the sprouts into vessels, except where a tissue agent was placed this step; re-index after pruning."""
         xp = world.xp
-        events["vessels_sprouted"] = xp.zeros((), dtype=np.int64)
-        pruned = [v for layer, v, _ in intents.layer_sets if layer == "vessels"]
-        events["vessels_pruned"] = xp.asarray(sum(int(v.shape[0]) for v in pruned), dtype=np.int64)
-        if pruned:
-            self._index(world)
-        sprouts = intents.notes.get("vessel_sprouts")
-        if not sprouts:
-            return
-        vox = xp.unique(xp.concatenate(sprouts))
-        taken = xp.zeros(world.size, dtype=bool)
-        for name, spec in world.table_specs.items():
-            if spec.layer == "tissue":
-                taken[world.tables[name]["voxel"]] = True  # a daughter placed this step keeps its voxel
-        vox = vox[~taken[vox]]
-        world.layers["vessels"].reshape(-1)[vox] = True
-        events["vessels_sprouted"] = xp.asarray(vox.shape[0], dtype=np.int64)
-        if vox.shape[0]:
+        zero = xp.zeros((), dtype=np.int64)
+        pruned = intents.notes.get("vessels_pruned", [])
+        events["vessels_pruned"] = xp.asarray(sum(pruned, zero), dtype=np.int64)
+        sprouts = intents.notes.get("vessel_sprouts", [])
+        events["vessels_sprouted"] = zero
+        if sprouts:
+            # The sprouts as a lattice (the candidates of one note are distinct), less the voxels a tissue agent
+            # holds (a daughter placed this step keeps its voxel): no unique and no mask (host syncs on a GPU).
+            new = xp.zeros(world.size, dtype=bool)
+            for candidates, sprout in sprouts:
+                new[candidates] = new.take(candidates) | sprout
+            for name, spec in world.table_specs.items():
+                if spec.layer == "tissue":
+                    new[world.tables[name]["voxel"]] = False
+            vessels = world.layers["vessels"].reshape(-1)
+            vessels |= new
+            events["vessels_sprouted"] = xp.asarray(xp.count_nonzero(new), dtype=np.int64)
+        if pruned or sprouts:
             self._index(world)
 
     def measure(self, world) -> dict:
