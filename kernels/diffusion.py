@@ -45,6 +45,7 @@ __all__ = [
     "AxisFactors",
     "AxisLines",
     "LODFactors",
+    "checked_inputs",
     "implicit_reactions",
     "lod_diffuse",
     "lod_factors",
@@ -268,7 +269,7 @@ def lod_factors(
         Coefficients for :func:`lod_diffuse`: plane-sweep :class:`AxisFactors` on NumPy, line-solve
         :class:`AxisLines` with the compiled kernel on CuPy.
     """
-    shape, dtype, diffusivity, xp = _checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp,
+    shape, dtype, diffusivity, xp = checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp,
                                                     decay_per_min)
     if xp.__name__ == "cupy":
         return _line_factors(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp, decay_per_min,
@@ -317,8 +318,12 @@ def lod_factors(
                       decay_per_min=float(decay_per_min))
 
 
-def _checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp, decay_per_min):
-    """Validate the inputs of :func:`lod_factors`; return the shape tuple, dtype, float64 ``D`` and namespace."""
+def checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp, decay_per_min):
+    """Validate the inputs of :func:`lod_factors` (and of ``kernels.implicit.implicit_factors``).
+
+    Returns the shape tuple, the dtype, ``D`` (a scalar, or an array of the lattice shape in float64) and the array
+    namespace (an array ``D`` brings its own).
+    """
     shape = tuple(int(n) for n in shape)
     if len(boundaries) != len(shape):
         raise ValueError(f"boundaries has {len(boundaries)} axes, the lattice has {len(shape)}")
@@ -343,7 +348,7 @@ def _checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, x
 
 def _line_factors(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp, decay_per_min, launch):
     """:class:`AxisLines` factors for the line-solve kernel, run by ``launch`` (inputs as :func:`lod_factors`)."""
-    shape, dtype, diffusivity, xp = _checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp,
+    shape, dtype, diffusivity, xp = checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp,
                                                     decay_per_min)
     lod_lines.kernel_name(dtype)  # rejects a dtype the kernel has no entry point for
     scale = dt_min / spacing_um**2

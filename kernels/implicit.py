@@ -77,6 +77,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernels._xp import array_namespace
+from kernels.diffusion import checked_inputs
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -377,29 +378,12 @@ def implicit_factors(
     ImplicitFactors
         For :func:`implicit_diffuse`.
     """
-    shape = tuple(int(n) for n in shape)
+    shape, dtype, diffusivity, xp = checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp,
+                                                   decay_per_min)
     ndim = len(shape)
-    if len(boundaries) != ndim:
-        raise ValueError(f"boundaries has {len(boundaries)} axes, the lattice has {ndim}")
-    if spacing_um <= 0 or dt_min <= 0:
-        raise ValueError(f"spacing_um and dt_min must be positive, got {spacing_um} and {dt_min}")
-    if decay_per_min < 0:
-        raise ValueError(f"decay_per_min must be >= 0 1/min, got {decay_per_min}")
-    dtype = np.dtype(dtype)
     scale = dt_min / spacing_um**2
     uniform = np.ndim(diffusivity) == 0
-    if uniform:
-        if float(diffusivity) < 0:
-            raise ValueError(f"diffusivity must be >= 0 µm²/min, got {float(diffusivity)}")
-        d_cells = xp.full(shape, float(diffusivity), dtype=np.float64)
-    else:
-        xp = array_namespace(diffusivity)
-        if tuple(diffusivity.shape) != shape:
-            raise ValueError(f"diffusivity has shape {tuple(diffusivity.shape)}, the lattice is {shape}")
-        dmin = float(diffusivity.min())
-        if dmin < 0:
-            raise ValueError(f"diffusivity must be >= 0 µm²/min everywhere, got a minimum of {dmin}")
-        d_cells = xp.asarray(diffusivity, dtype=np.float64)
+    d_cells = xp.full(shape, float(diffusivity), dtype=np.float64) if uniform else diffusivity
 
     mass = (0.0 if steady else 1.0) + dt_min * decay_per_min
     # Finest level, in float64 for the set-up: face conductances, Dirichlet slabs (axis, side, conductance).
