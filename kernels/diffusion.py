@@ -269,11 +269,11 @@ def lod_factors(
         Coefficients for :func:`lod_diffuse`: plane-sweep :class:`AxisFactors` on NumPy, line-solve
         :class:`AxisLines` with the compiled kernel on CuPy.
     """
-    shape, dtype, diffusivity, xp = checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp,
-                                                    decay_per_min)
-    if xp.__name__ == "cupy":
+    if (xp if np.ndim(diffusivity) == 0 else array_namespace(diffusivity)).__name__ == "cupy":  # checks its inputs
         return _line_factors(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp, decay_per_min,
                              lod_lines.cuda_launch)
+    shape, dtype, diffusivity, xp = checked_inputs(shape, spacing_um, dt_min, diffusivity, boundaries, dtype, xp,
+                                                    decay_per_min)
     scale = dt_min / spacing_um**2
     ndim = len(shape)
     decay_share = float(reaction_share(dt_min * decay_per_min, ndim, np))
