@@ -1,9 +1,20 @@
 """Golden summaries: 50 NumPy steps of every ``configs/*.toml`` at its own seed, reduced to a small JSON.
 
 A golden holds, per config, exact SHA-256 digests of the integer and boolean state (agent columns of integer or
-boolean dtype, lattice masks) and float summaries (sum, min, max, sum of squares) of every field and float agent
-column, plus the readouts at the last step. Integer state is compared exactly; float summaries and readouts to a
-relative 1e-6, which absorbs last-bit differences between CPUs but no change of behaviour.
+boolean dtype, lattice masks) and float summaries (size, sum, min, max, sum of squares) of every field and float agent
+column, plus the readouts at the last step.
+
+How they are compared (:func:`compare`):
+
+- integer and boolean state exactly: any change of a cell's fate, position or state shows here;
+- float summaries and readouts to a relative ``FLOAT_RTOL`` = 1e-4, with an absolute floor of 1e-6 of the
+  quantity's own scale (its largest magnitude). The float32 fields come from iterative solves (conjugate gradients
+  stopped at a relative error of 1e-3), whose last bits follow the SIMD summation order of the CPU's BLAS and
+  NumPy kernels: between an AMD EPYC and an Intel Xeon the field sums differ by 1e-7 to 3e-6 relative. 1e-4 is
+  30x that and still flags a 0.01 % change of any field total;
+- solver diagnostics (``*_solver_residual``, ``*_solver_iterations``) loosely: the residual within a factor of
+  ``DIAGNOSTIC_FACTOR`` of the golden's, the iteration count within 25 % (+2). They describe how the solve got
+  there, not the result, and move by up to 0.6 % between those CPUs.
 
 Regenerate after an intended change of results (and say so in the commit)::
 
@@ -84,7 +95,38 @@ def golden_path(config_path: Path) -> Path:
     return GOLDEN_DIR / f"{config_path.stem}.json"
 
 
-def compare(expected: dict, actual: dict, rtol: float = 1e-6) -> list[str]:
+#: Relative tolerance of float summaries and readouts (see the module docstring for why this size).
+FLOAT_RTOL = 1e-4
+#: Absolute floor of a float comparison, relative to the quantity's own largest magnitude.
+FLOAT_ATOL_OF_SCALE = 1e-6
+#: Solver diagnostics may differ by this factor (residual) between CPUs.
+DIAGNOSTIC_FACTOR = 2.0
+DIAGNOSTIC_SUFFIXES = ("_solver_residual", "_solver_iterations")
+
+
+def _is_diagnostic(key: str) -> bool:
+    return key.endswith(DIAGNOSTIC_SUFFIXES)
+
+
+def _diagnostic_agrees(key: str, actual: float, expected: float) -> bool:
+    if key.endswith("_solver_iterations"):
+        return abs(actual - expected) <= 0.25 * expected + 2
+    if expected <= 0 or actual <= 0:
+        return actual == expected
+    return 1 / DIAGNOSTIC_FACTOR <= actual / expected <= DIAGNOSTIC_FACTOR
+
+
+def _floats_agree(actual, expected, rtol: float) -> bool:
+    a, e = np.asarray(actual, float), np.asarray(expected, float)
+    if a.shape != e.shape:
+        return False
+    # A float summary is [size, sum, min, max, sum of squares]: its scale is the largest of |min| and |max|;
+    # a readout is its own scale.
+    scale = max(abs(e[2]), abs(e[3])) if e.shape == (5,) else abs(float(e))
+    return bool(np.allclose(a, e, rtol=rtol, atol=max(FLOAT_ATOL_OF_SCALE * scale, 1e-12), equal_nan=True))
+
+
+def compare(expected: dict, actual: dict, rtol: float = FLOAT_RTOL) -> list[str]:
     """Differences between two summaries, as readable lines (empty when they agree)."""
     problems = []
     for section in ("exact", "approx", "readouts"):
@@ -97,9 +139,12 @@ def compare(expected: dict, actual: dict, rtol: float = 1e-6) -> list[str]:
             elif section == "exact":
                 if e[key] != a[key]:
                     problems.append(f"{section} {key}: digest {a[key]} != golden {e[key]}")
-            elif not np.allclose(np.asarray(a[key], float), np.asarray(e[key], float), rtol=rtol, atol=1e-9,
-                                 equal_nan=True):
-                problems.append(f"{section} {key}: {a[key]} != golden {e[key]}")
+            elif section == "readouts" and _is_diagnostic(key):
+                if not _diagnostic_agrees(key, float(a[key]), float(e[key])):
+                    problems.append(f"{section} {key}: {a[key]} != golden {e[key]} (solver diagnostic, compared "
+                                    f"within a factor of {DIAGNOSTIC_FACTOR})")
+            elif not _floats_agree(a[key], e[key], rtol):
+                problems.append(f"{section} {key}: {a[key]} != golden {e[key]} (relative tolerance {rtol:g})")
     return problems
 
 
