@@ -343,6 +343,39 @@ def _cmd_trial(args) -> int:
     return 1 if result.failures else 0
 
 
+def _cmd_calibrate(args) -> int:
+    from pathlib import Path
+
+    try:
+        import pandas  # noqa: F401
+        import pyabc  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"tme calibrate needs pyabc and pandas ({exc}); install them with "
+                        "pip install 'tme-abm[calibration]'") from None
+    from abm.calibration.engine import run_calibration
+    from abm.calibration.spec import load_calibration
+
+    overrides = list(args.set or [])
+    _check_nesting(overrides)
+    calibration = load_calibration(args.calibration, overrides)
+    try:
+        executor = _executor_flags(args, calibration.spec.executor.spec())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    out = Path(args.out) if args.out else Path("runs") / calibration.spec.name
+    try:
+        result = run_calibration(calibration, out, executor, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"tme: calibration stopped; finished generations and members in {out} are kept: run the same "
+              "command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"{calibration.spec.name}: {len(result.generations)} generation(s), {result.members} members in the "
+          f"journal, {result.wall_s:.0f} s; posterior in {out}/posterior_summary.csv and posterior.png")
+    if result.summary is not None:
+        print(result.summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
 def _cmd_config_schema(args) -> int:
     from abm.config import Config
 
@@ -479,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--out", help="trial directory (default runs/<name>)")
     executor_args(sp)
     sp.set_defaults(func=_cmd_trial)
+
+    sp = sub.add_parser("calibrate", help="fit free parameters to observed targets by ABC-SMC (pyABC); resumable")
+    sp.add_argument("calibration", help="calibration file (TOML; docs/CALIBRATION.md)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="change a value of the calibration file (TOML syntax), e.g. abc.population=50; repeatable")
+    sp.add_argument("-o", "--out", help="calibration directory (default runs/<name>)")
+    executor_args(sp)
+    sp.set_defaults(func=_cmd_calibrate)
 
     sp = sub.add_parser("config", help="config utilities")
     csub = sp.add_subparsers(dest="config_command", metavar="SUBCOMMAND")

@@ -23,7 +23,7 @@ from typing import Any
 
 from abm.cohort.executors import ExecutorSpec, SlurmSpec, TaskFailure, guarded_call
 
-__all__ = ["bind_one_gpu_plugin", "local_cluster", "run_dask_tasks", "slurm_cluster", "visible_gpus"]
+__all__ = ["bind_one_gpu_plugin", "dask_client", "local_cluster", "run_dask_tasks", "slurm_cluster", "visible_gpus"]
 
 # Resource every SLURM worker offers once and every task asks for: one simulation per worker process at a time,
 # whatever number of threads dask-jobqueue gives the worker (cores / processes).
@@ -137,7 +137,7 @@ def slurm_cluster(spec: SlurmSpec):
 
 
 @contextlib.contextmanager
-def _client(spec: ExecutorSpec):
+def dask_client(spec: ExecutorSpec):
     """A connected ``Client`` (and the number of workers to plan for), closing what was started here."""
     distributed = _import_distributed()
     cluster = None
@@ -170,7 +170,7 @@ def run_dask_tasks(fn: Callable[[Any], Any], tasks, spec: ExecutorSpec) -> Itera
     distributed = _import_distributed()
     resources = {SLOT_RESOURCE: 1} if spec.kind == "slurm" else None
     run_id = uuid.uuid4().hex[:8]
-    with _client(spec) as (client, planned):
+    with dask_client(spec) as (client, planned):
         tasks = iter(tasks)
         pending = distributed.as_completed()
         keys: dict[str, str] = {}

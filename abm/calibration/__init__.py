@@ -1,0 +1,1 @@
+"""Calibration of model parameters against observed targets (``tme calibrate``, docs/CALIBRATION.md)."""
