@@ -376,6 +376,34 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
+def _cmd_sensitivity(args) -> int:
+    from pathlib import Path
+
+    try:
+        import pandas  # noqa: F401
+        import SALib  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"tme sensitivity needs SALib and pandas ({exc}); install them with "
+                        "pip install 'tme-abm[calibration]'") from None
+    from abm.calibration.sensitivity import run_sensitivity
+    from abm.calibration.spec import load_calibration
+
+    if args.n_base < 2 or args.n_base & (args.n_base - 1):
+        raise UserError(f"--n-base {args.n_base}: expected a power of 2 (Sobol sequences), e.g. 16 or 64")
+    overrides = list(args.set or [])
+    _check_nesting(overrides)
+    calibration = load_calibration(args.calibration, overrides)
+    try:
+        executor = _executor_flags(args, calibration.spec.executor.spec())
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    out = Path(args.out) if args.out else Path("runs") / f"{calibration.spec.name}_sobol"
+    result = run_sensitivity(calibration, out, n_base=args.n_base, executor=executor, progress=not args.quiet)
+    print(f"{len(result.members)} members in {result.wall_s:.0f} s; {out}/sobol.csv and sobol.png")
+    print(result.indices.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
 def _cmd_config_schema(args) -> int:
     from abm.config import Config
 
@@ -520,6 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--out", help="calibration directory (default runs/<name>)")
     executor_args(sp)
     sp.set_defaults(func=_cmd_calibrate)
+
+    sp = sub.add_parser("sensitivity", help="Sobol indices (SALib) of a calibration file's targets to its parameters")
+    sp.add_argument("calibration", help="calibration file (TOML; docs/CALIBRATION.md): priors are the inputs")
+    sp.add_argument("--n-base", type=int, default=16, metavar="N",
+                    help="Saltelli base sample (power of 2); N x (D + 2) members for D parameters (default 16)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a value of the calibration file")
+    sp.add_argument("-o", "--out", help="output directory (default runs/<name>_sobol)")
+    executor_args(sp)
+    sp.set_defaults(func=_cmd_sensitivity)
 
     sp = sub.add_parser("config", help="config utilities")
     csub = sp.add_subparsers(dest="config_command", metavar="SUBCOMMAND")

@@ -156,3 +156,16 @@ def test_the_fingerprint_ignores_where_and_how_long_but_not_what():
     assert load_calibration(SYNTHETIC, SMALL + ["abc.generations=7", "executor.kind='local'"]).digest == base.digest
     assert load_calibration(SYNTHETIC, SMALL + ["targets.cells_day1.value=60.0"]).digest != base.digest
     assert load_calibration(SYNTHETIC, SMALL + ["scene_set.time.dt_min=30.0"]).digest != base.digest
+
+
+def test_sobol_indices_name_the_parameter_that_drives_each_target(tmp_path):
+    from abm.calibration.sensitivity import run_sensitivity
+
+    calibration = load_calibration(SYNTHETIC, SMALL)
+    result = run_sensitivity(calibration, tmp_path / "sobol", n_base=8, progress=False)
+    assert len(result.members) == 8 * (2 + 2)
+    st = result.indices.set_index(["output", "parameter"])["ST"]
+    # Tumour pO2 is set by the O2 uptake per cell far more than by the division rate.
+    assert st["tumour_po2", "uptake"] > 3 * st["tumour_po2", "division"]
+    assert (tmp_path / "sobol" / "sobol.png").stat().st_size > 0
+    assert main(["sensitivity", str(SYNTHETIC), "--n-base", "12", "-o", str(tmp_path / "x"), "--quiet"]) == 2
