@@ -3,8 +3,9 @@
 The calibration file gives both sides: its parameters (their priors are the input distributions, sampled on
 the sampler scale, log10 for log-scale priors) and its targets (the outputs: each target's readout at its time).
 Saltelli's extension of the Sobol sequence (SALib; Saltelli 2010 Comput Phys Commun 181:259) makes
-``N (D + 2)`` members for D parameters (first and total order only); they run through :func:`abm.ensemble.simulate` on the calibration's
-executor; first-order (S1) and total (ST) indices with bootstrap 95 % intervals are written per output.
+``N (D + 2)`` members for D parameters (first and total order only); they run through
+:func:`abm.ensemble.simulate` on the calibration's executor; first-order (S1) and total (ST) indices with
+bootstrap 95 % intervals are written per output.
 """
 
 from __future__ import annotations
